@@ -13,7 +13,9 @@ pytest_plugins = [
 
 
 @pytest.fixture(autouse=True)
-def _no_unexpected_warnings(caplog: pytest.LogCaptureFixture) -> object:
+def _no_unexpected_warnings(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> object:
     """Fail a test that logs a WARNING or worse from sovrfs it did not expect.
 
     A test that provokes a warning on purpose marks it with
@@ -23,8 +25,7 @@ def _no_unexpected_warnings(caplog: pytest.LogCaptureFixture) -> object:
     yield
     if caplog.handler.level > logging.WARNING:
         return
-    node = getattr(caplog, "_item", None)
-    if node is not None and node.get_closest_marker("expect_warnings"):
+    if request.node.get_closest_marker("expect_warnings"):
         return
     bad = [
         r for r in caplog.get_records("call")
