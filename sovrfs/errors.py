@@ -18,6 +18,7 @@ The tree, by state rather than by cause::
      │    ├── NoSpace             (ENOSPC)
      │    └── StoreUnavailable    (EIO / ETIMEDOUT) the backend did not answer in time
      ├── RecipeError              a recipe is invalid; ``str()`` names the field
+     ├── ArchiveRejected          (EINVAL) an archive is unsafe or broken; nothing was extracted
      ├── RunError                 a run cannot be started or controlled
      │    ├── RunBusy             (EBUSY) the pod is already running
      │    └── PreflightFailed     a Golem requirement is missing
@@ -101,6 +102,22 @@ class RecipeError(SovrError):
     """A recipe failed validation. The message names the field and the problem."""
 
     errno = errno.EINVAL
+
+
+class ArchiveRejected(SovrError):
+    """An archive was refused as unsafe or broken; nothing was extracted.
+
+    ``reason`` is a short code a caller can test (``"path-escape"``,
+    ``"symlink"``, ``"too-large"``, ...; :mod:`sovrfs.archive` lists them) and
+    ``entry`` the offending member's name, when one is to blame.
+    """
+
+    errno = errno.EINVAL
+
+    def __init__(self, message: str, *, reason: str, entry: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.entry = entry
 
 
 class RunError(SovrError):
