@@ -142,6 +142,10 @@ def _pattern(value: str) -> str:
     """A glob pattern relative to the pod root."""
     if problem := _path_problem(value, absolute_ok=False):
         raise ValueError(problem)
+    try:
+        re.compile(_glob_regex(value))
+    except re.error as exc:
+        raise ValueError(f"not a valid pattern: {exc.msg}") from None
     return value
 
 
@@ -508,9 +512,9 @@ _MESSAGES: dict[str, str] = {
 }
 
 
-def _format(err: ErrorDetails) -> str:
-    """``golem.payload[1].ref: problem`` from one pydantic error."""
-    where = ""
+def _format(err: ErrorDetails, where: str = "") -> str:
+    """``golem.payload[1].ref: problem`` from one pydantic error; ``where``
+    is the location of the validated value itself, if it is not the root."""
     for part in err["loc"]:
         if isinstance(part, int):
             where += f"[{part}]"
@@ -613,30 +617,45 @@ def autorun_matcher(recipe: Recipe) -> Callable[[str], bool] | None:
 
 
 def _glob_regex(pattern: str) -> str:
-    """A regular expression for a glob: ``*`` and ``?`` stay within one path
-    component, ``**`` as a whole component spans any number of them."""
+    """A regular expression for a glob: ``*``, ``?`` and ``[...]`` stay within
+    one path component, ``**`` as a whole component spans any number of them."""
     parts = [p for p in pattern.strip("/").split("/") if p not in ("", ".")]
-    out = ""
+    out = []
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if part == "**":
-            out += ".*" if last else "(?:[^/]+/)*"
-            continue
-        for j, char in enumerate(part):
-            if char == "*":
-                out += "[^/]*"
-            elif char == "?":
-                out += "[^/]"
-            elif char == "[" and "]" in part[j + 1 :]:
-                out += "["
-            elif char == "]":
-                out += "]"
-            elif char == "!" and j > 0 and part[j - 1] == "[":
-                out += "^"
-            else:
-                out += re.escape(char)
-        out += "" if last else "/"
-    return out
+            out.append(".*" if last else "(?:[^/]+/)*")
+        else:
+            out.append(_component_regex(part) + ("" if last else "/"))
+    return "".join(out)
+
+
+def _component_regex(part: str) -> str:
+    out = []
+    i = 0
+    while i < len(part):
+        char = part[i]
+        i += 1
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            # A class ends at the first "]" that is not its first member.
+            j = i + 1 if part[i : i + 1] in ("!", "^") else i
+            j = part.find("]", j + 1)
+            if j < 0:
+                out.append(re.escape(char))
+                continue
+            body = part[i:j]
+            negate = body[:1] in ("!", "^")
+            # Escape what re would read as nested sets or set operations.
+            body = "".join("\\" + c if c in "\\[&~|^" else c for c in body[negate:])
+            out.append(f"(?!/)[{'^' if negate else ''}{body}]")
+            i = j + 1
+        else:
+            out.append(re.escape(char))
+    return "".join(out)
 
 
 # -- the original tool's bookkeeping ---------------------------------------------
@@ -693,10 +712,12 @@ def load_shared_pods(data: bytes) -> dict[str, list[SharedPodRecord]]:
         if not isinstance(records, list):
             problems.append(f"{_key(pod)}: must be a list")
             continue
-        try:
-            shared[pod] = [SharedPodRecord.model_validate(r) for r in records]
-        except ValidationError as exc:
-            problems.extend(f"{_key(pod)}.{_format(err)}" for err in exc.errors())
+        shared[pod] = []
+        for i, record in enumerate(records):
+            try:
+                shared[pod].append(SharedPodRecord.model_validate(record))
+            except ValidationError as exc:
+                problems.extend(_format(err, f"{_key(pod)}[{i}]") for err in exc.errors())
     if problems:
         raise RecipeError("\n".join(problems))
     return shared
