@@ -5,7 +5,7 @@ a running daemon only through its control files in the mount (no second
 channel), so anything the CLI does a script can do with ``touch`` and ``cat``.
 
 A pod is named either by its path (``~/sovrfs/wordcount``, ``.``) or by its
-name, looked up in the mount given with ``--mount`` (default: ``$SOVRFS_MOUNT``
+name, looked up in the mount given with ``--mount`` (default: ``$SOVRFS_MOUNTPOINT``
 or ``~/sovrfs``).
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 from . import __version__
 from .errors import ConfigError, SovrError, describe
 
-DEFAULT_MOUNT = Path(os.environ.get("SOVRFS_MOUNT", "~/sovrfs")).expanduser()
+DEFAULT_MOUNT = Path(os.environ.get("SOVRFS_MOUNTPOINT", "~/sovrfs")).expanduser()
 CONTROL = ".sovr"
 _FINISHED = {"succeeded", "failed", "cancelled", "interrupted"}
 

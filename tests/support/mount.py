@@ -64,7 +64,7 @@ class Mount:
             XDG_STATE_HOME=str(self.home / "state"),
             XDG_CACHE_HOME=str(self.home / "cache"),
             XDG_CONFIG_HOME=str(self.home / "config"),
-            SOVRFS_MOUNT=str(self.path),
+            SOVRFS_MOUNTPOINT=str(self.path),
             PYTHONUNBUFFERED="1",
         )
         env.setdefault("SOVRFS_GOLEM_MODE", "off")
