@@ -14,6 +14,7 @@ import re
 import select
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,3 +212,57 @@ def test_zsh_mount_options_and_help_texts(zsh: Zsh) -> None:
 def test_unknown_shell() -> None:
     with pytest.raises(ValueError, match="fish"):
         complete_script(build_parser(), "fish")
+
+
+# The CLI reference in the docs is rendered from the same parser by the
+# Sphinx extension in docs/_ext; tried here on the stand-in parser above.
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sphinx_build(tmp_path: Path, parser_spec: str) -> subprocess.CompletedProcess[str]:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "conf.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'docs' / '_ext')!r})\n"
+        "extensions = ['sovrfs_cli']\n"
+    )
+    (src / "index.rst").write_text("Command line\n============\n\n.. sovrfs-cli::\n")
+    return subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "text",
+         "-D", f"sovrfs_cli_parser={parser_spec}", str(src), str(tmp_path / "out")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_cli_reference_renders_every_command(tmp_path: Path) -> None:
+    result = sphinx_build(tmp_path, "tests.test_completion:build_parser")
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "out" / "index.txt").read_text()
+    for title in ("sovrfs mount", "sovrfs run", "sovrfs config", "sovrfs config show"):
+        assert f"\n{title}\n" in text, title
+    assert "usage: sovrfs config show [-h] [--secrets]" in text
+    assert "--dfs URL" in text
+    assert "Mount the pods: [here] MOUNTPOINT." in text
+    # An alias is not a command of its own.
+    assert "\nsovrfs start\n" not in text
+    assert "hidden-knob" not in text
+
+
+def test_cli_reference_fails_loudly_without_a_parser(tmp_path: Path) -> None:
+    result = sphinx_build(tmp_path, "tests.no_such_module:build_parser")
+    assert result.returncode != 0
+    assert "cannot build the command-line parser from 'tests.no_such_module:build_parser'" in (
+        result.stderr
+    )
+
+
+def test_docs_use_the_real_cli_parser() -> None:
+    conf = (ROOT / "docs" / "conf.py").read_text()
+    assert 'sovrfs_cli_parser = "sovrfs.cli:build_parser"' in conf
+    assert ".. sovrfs-cli::" in (ROOT / "docs" / "cli.rst").read_text()

@@ -269,3 +269,14 @@ def test_show_reads_back_as_the_same_config(conf: Path, tmp_path: Path) -> None:
     again = load_config(write(tmp_path / "shown.toml", text), env={})
     for key in all_keys():
         assert again.get(key) == config.get(key), key
+
+
+def test_every_key_is_documented() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "operating.rst").read_text()
+    for key in all_keys():
+        if key in ("dfs.password", "golem.appkey"):
+            assert env_name(key) in page, key
+            continue
+        name = key.rpartition(".")[2]
+        assert f"   * - ``{name}``" in page, key
+        assert env_name(key) in page, key
