@@ -422,7 +422,7 @@ def _read_env(env: Mapping[str, str], layers: dict[str, tuple[Any, str]]) -> Non
         if not name.startswith(ENV_PREFIX):
             continue
         section, _, rest = name[len(ENV_PREFIX) :].lower().partition("_")
-        if section in _SECTIONS:
+        if section in _SECTIONS and rest:
             raise ConfigError(f"{section}.{rest}: unknown key (from {name})")
 
 

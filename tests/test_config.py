@@ -207,7 +207,8 @@ def test_unknown_override_key() -> None:
 
 
 def test_unrelated_sovrfs_variables_are_ignored() -> None:
-    config = load_config(env={"SOVRFS_TEST_TOKEN": "x", "SOVRFS_POD": "p"})
+    env = {"SOVRFS_TEST_TOKEN": "x", "SOVRFS_POD": "p", "SOVRFS_MOUNTPOINT": "/m", "SOVRFS_DFS": ""}
+    config = load_config(env=env)
     assert config.runs.max_parallel == 2
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +203,59 @@ def test_gone_socket_warns_but_does_not_raise(monkeypatch: pytest.MonkeyPatch) -
     with tempfile.TemporaryDirectory(prefix="sd-") as tmp:
         monkeypatch.setenv("NOTIFY_SOCKET", os.path.join(tmp, "nobody"))
         assert not notify.ready()
+
+
+# The contract the units rely on, with the real daemon: READY=1 once the mount
+# answers, and SIGTERM (what `systemctl stop` sends) unmounts and exits 0.
+
+
+@pytest.mark.mount
+def test_daemon_under_notify_protocol(tmp_path: Path) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    log_path = tmp_path / "stderr"
+    with (
+        tempfile.TemporaryDirectory(prefix="sd-") as sock_dir,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+        log_path.open("w") as log_file,
+    ):
+        sock.bind(os.path.join(sock_dir, "notify"))
+        sock.settimeout(60)
+        st = os.fstat(log_file.fileno())
+        env = {
+            **os.environ,
+            "NOTIFY_SOCKET": os.path.join(sock_dir, "notify"),
+            "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}",
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "SOVRFS_STORE": str(tmp_path / "store"),
+            "SOVRFS_STATE_DIR": str(tmp_path / "state"),
+            "SOVRFS_CACHE_DIR": str(tmp_path / "cache"),
+            "SOVRFS_GOLEM_MODE": "off",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sovrfs", "mount", str(mountpoint), "-f"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stderr=log_file,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        try:
+            ready = sock.recv(4096).decode().split("\n")
+            assert ready[0] == "READY=1", log_path.read_text()
+            # Ready means mounted and answering, not merely started.
+            assert os.path.ismount(mountpoint)
+            assert (mountpoint / ".sovr" / "status.json").is_file()
+            proc.send_signal(signal.SIGTERM)
+            assert sock.recv(4096).decode().split("\n")[0] == "STOPPING=1"
+            assert proc.wait(timeout=120) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+                subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+    assert not os.path.ismount(mountpoint)
+    lines = log_path.read_text().splitlines()
+    # stderr is the "journal": every line carries its syslog priority.
+    assert lines, "the daemon logged nothing"
+    assert all(line.startswith("<") for line in lines), lines
+    assert any(line.startswith("<6>INFO sovrfs.daemon: mounted ") for line in lines), lines
