@@ -261,9 +261,13 @@ class SnapshotStore:
     def _freeze_file(self, path: Path, rel: str, touched: set[Path]) -> Entry:
         # The object is hashed from the very bytes copied, so it stays
         # consistent even if the file changes while it is read.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO swapped in since the directory was listed must
+        # not hang the freeze; it is refused below like any non-file.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise PodStoreError(f"{rel} changed while it was snapshotted; try again")
             tmp_fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="obj-")
             try:
                 digest = hashlib.sha256()
