@@ -45,17 +45,27 @@ class Debouncer:
         self._fire = fire
         self._wait_idle = wait_idle
         self._due: dict[str, float] = {}
+        self._delays: dict[str, float] = {}
         self._wake = trio.Event()
         self._retrying: set[str] = set()
 
-    def poke(self, pod: str) -> None:
-        """A matching file of ``pod`` was saved. Call from within the trio loop."""
-        self._due[pod] = trio.current_time() + self.delay
+    def poke(self, pod: str, delay: float | None = None) -> None:
+        """A matching file of ``pod`` was saved. Call from within the trio loop.
+
+        ``delay`` overrides the debouncer's own for this pod (a recipe's
+        ``debounce``).
+        """
+        if delay is None:
+            self._delays.pop(pod, None)
+        else:
+            self._delays[pod] = delay
+        self._due[pod] = trio.current_time() + (self.delay if delay is None else delay)
         self._wake.set()
 
     def forget(self, pod: str) -> None:
         """The pod is gone: drop its pending run."""
         self._due.pop(pod, None)
+        self._delays.pop(pod, None)
 
     def pending(self, pod: str) -> bool:
         """Whether a run of ``pod`` is waiting for the end of a burst or of a run."""
@@ -104,30 +114,26 @@ class Debouncer:
             await self._wait_idle(pod)
         finally:
             self._retrying.discard(pod)
-        self.poke(pod)
+        self.poke(pod, self._delays.get(pod))
 
 
 def matches(patterns: Iterable[str], pod_relative_path: str) -> bool:
     """Whether a path inside a pod matches any of the glob ``patterns``.
 
-    ``*``, ``?`` and ``[...]`` match within one path component and ``**``
-    matches any number of components (zero included). A pattern with a slash
-    is anchored at the pod root (``script/**``); one without matches any
-    component at any depth (``*.py``, ``script``), as in ``.gitignore``.
+    Patterns are relative to the pod root, as a recipe's ``sovr.autorun``
+    gives them: ``*``, ``?`` and ``[...]`` match within one path component,
+    and ``**`` as a whole component matches any number of components (none
+    included). So ``script/**`` is everything under ``script/``, ``*.py`` a
+    Python file at the root, ``**/*.py`` one anywhere.
     """
-    parts = [p for p in pod_relative_path.split("/") if p not in ("", ".")]
+    parts = _components(pod_relative_path)
     if not parts:
         return False
-    for pattern in patterns:
-        body = pattern.removeprefix("./").strip("/")
-        if not body:
-            continue
-        if "/" in body or pattern.startswith("/"):
-            if _match(body.split("/"), parts):
-                return True
-        elif any(fnmatchcase(part, body) for part in parts):
-            return True
-    return False
+    return any(_match(_components(pattern), parts) for pattern in patterns if pattern)
+
+
+def _components(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("", ".")]
 
 
 def _match(pattern: list[str], parts: list[str]) -> bool:

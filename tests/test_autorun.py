@@ -212,19 +212,36 @@ async def test_with_the_run_engine(tmp_path: Path, nursery: trio.Nursery) -> Non
         (["script/**"], "script/lib/util.py", True),
         (["script/**"], "payload/script/x", False),
         (["*.py"], "run.py", True),
-        (["*.py"], "script/lib/util.py", True),
-        (["*.py"], "script/util.pyc", False),
-        (["script"], "script/run.py", True),
-        (["/run.sh"], "run.sh", True),
-        (["/run.sh"], "script/run.sh", False),
+        (["*.py"], "script/run.py", False),
+        (["**/*.py"], "script/lib/util.py", True),
+        (["**/*.py"], "run.py", True),
+        (["**/*.py"], "script/util.pyc", False),
+        (["script/*.py"], "script/run.py", True),
         (["script/*.py"], "script/lib/util.py", False),
-        (["**/*.json"], "a/b/c.json", True),
-        (["**/*.json"], "c.json", True),
+        (["payload/[!x]*.txt"], "payload/a.txt", True),
+        (["payload/[!x]*.txt"], "payload/x.txt", False),
+        (["script/**/test_*.py"], "script/test_a.py", True),
+        (["script/**/test_*.py"], "script/a/b/test_a.py", True),
         (["output/**", "*.md"], "README.md", True),
         ([], "script/run.py", False),
-        (["*"], "", False),
-        (["./script/**"], "./script/run.py", True),
+        (["**"], "", False),
+        (["./script/**"], "/script/run.py", True),
     ],
 )
 def test_matches(patterns: list[str], path: str, expected: bool) -> None:
     assert matches(patterns, path) is expected
+
+
+async def test_a_pod_can_have_its_own_delay(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    fires = Fires()
+    debouncer = Debouncer(1.0, fires)
+    await nursery.start(debouncer.serve)
+    debouncer.poke("slow", delay=10)
+    debouncer.poke("fast")
+    await trio.sleep(5)
+    assert fires.pods == ["fast"]
+    await trio.sleep(10)
+    assert fires.pods == ["fast", "slow"]
+    assert fires.calls[1][1] == pytest.approx(10)
