@@ -303,3 +303,20 @@ async def test_server_delete_user_wrong_password(client: DfsClient) -> None:
         await client._send("DELETE", "/v2/user/delete", json={"password": "wrong-password-x"})
     cause = info.value.__cause__
     assert isinstance(cause, DfsServerError) and cause.status == 500
+
+
+async def test_server_ls_of_a_file_path_drops_the_connection(
+    client: DfsClient, tmp_path: Path
+) -> None:
+    """Found: dir/ls with a file's path gets no answer at all (the handler panics
+    and the connection is closed), so callers must know the kind first."""
+    await client.pod_new("p")
+    await client.file_upload("p", "/", "f", _put(tmp_path / "f", b"x"))
+    async with httpx.AsyncClient(base_url=client.url) as raw:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await raw.get(
+                "/v1/dir/ls",
+                params={"podName": "p", "dirPath": "/f"},
+                headers={"Authorization": f"Bearer {client._token}"},
+            )
+        assert (await raw.get("/")).text.strip() == "OK"

@@ -75,7 +75,14 @@ from .base import (
     normalize,
     split,
 )
-from .dfs_api import BLOCK_SIZE_MAX, BLOCK_SIZE_MIN, DfsClient, Entry, check_sharing_ref
+from .dfs_api import (
+    BLOCK_SIZE_MAX,
+    BLOCK_SIZE_MIN,
+    DfsClient,
+    Entry,
+    check_sharing_ref,
+    file_digest,
+)
 from .dfs_cache import CachedFile, FileCache, Journal
 
 log = logging.getLogger(__name__)
@@ -175,6 +182,7 @@ class DfsStore(PodStore):
         self._worker_scope: trio.CancelScope | None = None
         self._worker_done = trio.Event()
         self._state = "new"
+        self._progress = trio.Event()
         self._uploads_done = 0
         self._bytes_uploaded = 0
 
@@ -261,7 +269,7 @@ class DfsStore(PodStore):
 
     async def _replay_journal(self) -> None:
         rows = await self._journal.open()
-        known = set()
+        known: set[str] = set()
         for pod, path, fid, dirty, mode, rsize, rmtime in rows:
             entry = CachedFile(pod, path, fid, mode, remote_size=rsize, remote_mtime=rmtime)
             if not self._cache.local_path(entry).exists():
@@ -277,9 +285,13 @@ class DfsStore(PodStore):
             self._cache.entries[(pod, path)] = entry
             known.add(fid)
         # Copies without a row are downloads a crash interrupted.
-        for child in self._cache.files.iterdir():
-            if child.name not in known:
-                child.unlink()
+        await trio.to_thread.run_sync(self._remove_strays, known)
+
+    def _remove_strays(self, known: set[str]) -> None:
+        with os.scandir(self._cache.files) as found:
+            for child in found:
+                if child.name not in known:
+                    os.unlink(child.path)
 
     # -- upload worker ---------------------------------------------------
 
@@ -324,8 +336,20 @@ class DfsStore(PodStore):
 
     async def _upload(self, entry: CachedFile) -> None:
         """Upload ``entry`` now if it is dirty; raise (and record) a failure."""
-        async with self._pod_locks[entry.pod]:
-            await self._upload_locked(entry)
+        try:
+            async with self._pod_locks[entry.pod]:
+                await self._upload_locked(entry)
+        finally:
+            self._progress.set()
+            self._progress = trio.Event()
+
+    async def wait_uploaded(self) -> None:
+        """Wait until the background worker has uploaded every dirty copy.
+
+        Unlike :meth:`sync` this uploads nothing itself; the caller bounds the wait.
+        """
+        while any(e.dirty and not e.gone for e in self._cache.entries.values()):
+            await self._progress.wait()
 
     async def _upload_locked(self, entry: CachedFile) -> None:
         if not entry.dirty or entry.gone:
@@ -337,14 +361,14 @@ class DfsStore(PodStore):
             size = (await trio.Path(local).stat()).st_size
             if _needs_rename(name):
                 temp = join(parent, _TEMP_PREFIX + secrets.token_hex(8))
-                await self.client.file_upload(
+                digest = await self.client.file_upload(
                     entry.pod, parent, split(temp)[1], local, block_size=self.block_size
                 )
                 with contextlib.suppress(NotFound):
                     await self.client.file_delete(entry.pod, entry.path)
                 await self.client.file_rename(entry.pod, temp, entry.path)
             else:
-                await self.client.file_upload(
+                digest = await self.client.file_upload(
                     entry.pod, parent, name, local, block_size=self.block_size
                 )
             if entry.mode != SERVER_FILE_MODE:
@@ -369,6 +393,7 @@ class DfsStore(PodStore):
             log.error("upload of %s:%s failed: %s", entry.pod, entry.path, exc)
             raise err from exc
         entry.uploaded = generation
+        entry.uploaded_digest = digest
         entry.error = None
         entry.retries = 0
         entry.remote_size, entry.remote_mtime = size, None
@@ -467,8 +492,6 @@ class DfsStore(PodStore):
             return cached[1]
         except NotFound:
             self._forget_dir(pod, path)
-            if path != "/" and (await self._lookup(pod, path)).kind is Kind.FILE:
-                raise NotADirectory(f"{pod}:{path} is a file") from None
             raise
         listing = {e.name: e for e in entries if e.name != RESERVED_NAME}
         self._listings[(pod, path)] = (time.monotonic() + self.attr_ttl, listing)
@@ -507,6 +530,10 @@ class DfsStore(PodStore):
 
     async def listdir(self, pod: str, path: str) -> list[tuple[str, Attr]]:
         path = normalize(path)
+        # dir/ls of a file's path makes the server drop the connection without
+        # an answer (its handler panics), so the kind is checked first.
+        if path != "/" and (await self._lookup(pod, path)).kind is not Kind.DIR:
+            raise NotADirectory(f"{pod}:{path} is not a directory")
         remote = await self._remote_listing(pod, path)
         attrs = {name: _attr_of(entry) for name, entry in remote.items()}
         for name, cached in self._overlay(pod, path):
@@ -561,6 +588,8 @@ class DfsStore(PodStore):
         check_component(name)
         if name == RESERVED_NAME:
             raise InvalidName(f"{RESERVED_NAME!r} is reserved by FairOS-DFS")
+        if parent == "/":
+            return parent, name
         parent_attr = await self._lookup(pod, parent)
         if parent_attr.kind is not Kind.DIR:
             raise NotADirectory(f"{pod}:{parent} is not a directory")
@@ -873,21 +902,36 @@ class DfsStore(PodStore):
         entry.opens -= 1
         entry.writers -= writing
         if written:
-            entry.touch_content()
+            await self._mark_written(entry)
         if entry.gone:
             return
         if entry.dirty:
             self._kick()
         elif not entry.writers and entry.journal_dirty:
             await self._journal.put(entry, dirty=False)
+            await self._evict()
         if entry.error is not None and not entry.error_reported:
             entry.error_reported = True
             raise entry.error
 
+    async def _mark_written(self, entry: CachedFile) -> None:
+        """Note that ``entry``'s content may have changed since its last upload.
+
+        ``written`` covers a descriptor's whole life; after an fsync uploaded
+        it the content may well be unchanged (write, fsync, close), which the
+        digest of the uploaded bytes tells without a second upload.
+        """
+        if not entry.dirty and entry.uploaded_digest is not None and not entry.gone:
+            local = self._cache.local_path(entry)
+            digest = await trio.to_thread.run_sync(file_digest, local)
+            if digest == entry.uploaded_digest:
+                return
+        entry.touch_content()
+
     async def fsync_file(self, pod: str, path: str, fd: int, *, written: bool) -> None:
         entry, _ = self._take_fd(fd)
         if written:
-            entry.touch_content()
+            await self._mark_written(entry)
         if entry.gone or not entry.dirty:
             return
         await trio.to_thread.run_sync(os.fsync, fd)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import hashlib
 import http.cookiejar
 import logging
 import os
@@ -183,6 +184,15 @@ def _is_safe_multipart_name(name: str) -> bool:
     # escaped in a multipart filename; such names are uploaded under a plain
     # name and renamed (the JSON body of file/rename carries any name).
     return not any(ch in '"\\' or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name)
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """BLAKE2b of a local file, comparable with :meth:`DfsClient.file_upload`'s result."""
+    digest = hashlib.blake2b()
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _retry_log_level(attempt: int) -> int:
@@ -438,9 +448,11 @@ class DfsClient:
         source: str | os.PathLike[str],
         *,
         block_size: int = BLOCK_SIZE_MIN,
-    ) -> None:
+    ) -> str:
         """Upload the local file ``source`` as ``dir_path/name``, replacing any old one.
 
+        Returns the BLAKE2b digest of the bytes the server accepted, so a
+        caller can tell later whether the local file still holds them.
         Always with ``overwrite=true``: with ``false`` the server does not
         refuse but renames the old file to ``<seconds>_<name>``.
         """
@@ -458,12 +470,17 @@ class DfsClient:
         boundary = secrets.token_hex(16)
         head, tail = _multipart_frame(boundary, fields, name)
 
+        digests: list[hashlib.blake2b] = []
+
         async def body() -> AsyncIterator[bytes]:
+            digest = hashlib.blake2b()
+            digests.append(digest)
             yield head
             async with await trio.open_file(source, "rb") as f:
                 sent = 0
                 while chunk := await f.read(_READ_CHUNK):
                     sent += len(chunk)
+                    digest.update(chunk)
                     yield chunk
             if sent != size:
                 # The file changed under us; a short body would hang the server.
@@ -477,6 +494,7 @@ class DfsClient:
         await self._send(
             "POST", "/v1/file/upload", content=body, headers=headers, pod=pod, idempotent=True
         )
+        return digests[-1].hexdigest()
 
     async def file_download(self, pod: str, path: str, target: str | os.PathLike[str]) -> int:
         """Download a whole file into the local file ``target``; return its size.

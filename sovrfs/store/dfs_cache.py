@@ -67,6 +67,8 @@ class CachedFile:
     next_try: float = 0.0
     error: PodStoreError | None = None
     error_reported: bool = True
+    #: Digest of the bytes last uploaded, to recognise a close after fsync that changed nothing.
+    uploaded_digest: str | None = None
     #: Set once the file was unlinked or its pod deleted: never upload again.
     gone: bool = False
 
