@@ -218,3 +218,22 @@ def test_minimal_requestor_is_importable() -> None:
         check=True,
         timeout=60,
     )
+
+
+async def test_blender_template_runs_to_no_offers_and_is_failed(
+    tmp_path: Path, managed_golem: GolemService, golem_chain: ChainStandIn, run_path: str
+) -> None:
+    pod, recipe = _pod(tmp_path, "blender")
+    # The scene is only uploaded once a provider agrees, so any bytes do.
+    (pod / "payload" / "scene.blend").write_bytes(b"BLENDER-v300 stand-in")
+    settings = {**recipe["sovr"]["golem"], "job_timeout": 3}
+    done = await _run(
+        managed_golem, golem_chain, pod, shlex.split(recipe["golem"]["exec"]), settings, run_path
+    )
+    assert "demand published; waiting for offers" in done.log, done.log
+    assert "0 of 1 frames rendered" in done.log
+    assert managed_golem.classify(done.code, done.log) == (
+        "requestor exited with status 1; job timed out after 0:00:03: "
+        "no provider agreed (0 agreements)"
+    )
+    assert await list_allocations(managed_golem.node, done.started) == []

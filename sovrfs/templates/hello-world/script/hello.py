@@ -15,19 +15,25 @@ no provider, timed out or failed exits 1.
 import asyncio
 import os
 import sys
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from yapapi import Golem, Task, WorkContext, events
 from yapapi.log import enable_default_logger
 from yapapi.payload import vm
 from yapapi.payload.vm import DEFAULT_REPOSITORY_URL
+from yapapi.script import Script
 
-# The Golem team's hello-world image (a small Alpine image).
-IMAGE_TAG = "golem/alpine:latest"
+# The hello-world image of yapapi's own examples (it has /bin/sh).
+IMAGE_HASH = "d646d7b93083d817846c2ae5c62c72ca0507782385a2e29291a3d376"
 POD_ROOT = Path.cwd()
 OUTPUT = POD_ROOT / "output"
 PAYLOAD = POD_ROOT / "payload"
+
+
+Steps = AsyncGenerator[Script, Awaitable[list[events.CommandEvent]]]
 
 
 def _greeting() -> str:
@@ -36,7 +42,7 @@ def _greeting() -> str:
     return f"Hello, {name}, from a Golem provider"
 
 
-async def worker(context: WorkContext, tasks):  # type: ignore[no-untyped-def]
+async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Steps:
     async for task in tasks:
         script = context.new_script()
         greeting = script.run("/bin/sh", "-c", f"echo '{task.data}'; uname -a; date -u")
@@ -57,12 +63,12 @@ async def main() -> int:
     budget = float(os.environ.get("SOVR_GOLEM_BUDGET", "1.0"))
     job_timeout = timedelta(seconds=float(os.environ.get("SOVR_GOLEM_JOB_TIMEOUT", "600")))
     package = await vm.repo(
-        image_tag=IMAGE_TAG,
+        image_hash=IMAGE_HASH,
         repository_url=os.environ.get("SOVR_GOLEM_REGISTRY_URL", DEFAULT_REPOSITORY_URL),
         min_mem_gib=0.5,
         min_storage_gib=1.0,
     )
-    tasks = [Task(data=_greeting())]
+    tasks: list[Task[Any, Any]] = [Task(data=_greeting())]
     finished = 0
     async with Golem(
         budget=budget,
