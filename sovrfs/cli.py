@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import os
 import shutil
 import socket
@@ -110,7 +111,13 @@ def write_control(path: Path, line: str, what: str, explain: Callable[[], str | 
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .daemon import MountRequest, check_mountpoint, parse_mount_options, serve
+    from .daemon import (
+        MountRequest,
+        check_mountpoint,
+        parse_mount_options,
+        pid_file_for,
+        serve,
+    )
     from .secrets import setup_logging
 
     overrides, extra = parse_mount_options(args.options)
@@ -133,7 +140,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not args.foreground:
         return _mount_in_background(args, mountpoint)
     setup_logging(args.debug or config.mount.debug)
-    note = check_mountpoint(mountpoint)
+    logging.getLogger("watchdog").setLevel(logging.INFO)
+    note = check_mountpoint(mountpoint, pid_file_for(config.state_dir, mountpoint))
     if note:
         print(f"sovrfs: {note}", file=sys.stderr)
     serve(MountRequest(mountpoint, config, extra))

@@ -10,7 +10,6 @@ finishes its uploads, then a managed yagna stops.
 from __future__ import annotations
 
 import enum
-import errno
 import logging
 import os
 import signal
@@ -86,26 +85,92 @@ def parse_mount_options(text: str | None) -> tuple[dict[str, Any], set[str]]:
     return overrides, extra
 
 
-def check_mountpoint(path: Path) -> str | None:
+def _mount_entry(path: Path) -> tuple[str, str] | None:
+    """(filesystem type, "major:minor") of a mount at ``path``, read without touching it.
+
+    ``stat`` on a mount whose daemon died while the kernel still waits for it
+    hangs, so the mount table is consulted instead.
+    """
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        fields = line.split()
+        mount_point = fields[4].encode().decode("unicode_escape")
+        if mount_point == target:
+            fstype = fields[fields.index("-") + 1]
+            return fstype, fields[2]
+    return None
+
+
+def _abort_connection(device: str) -> bool:
+    """Abort a FUSE connection through fusectl (root only); True if it was done."""
+    minor = device.split(":")[1]
+    control = Path("/sys/fs/fuse/connections")
+    if not (control / minor).exists():
+        subprocess.run(["mount", "-t", "fusectl", "none", str(control)], capture_output=True)
+    try:
+        (control / minor / "abort").write_text("1")
+    except OSError:
+        return False
+    return True
+
+
+def check_mountpoint(path: Path, pid_file: Path | None = None) -> str | None:
     """Make ``path`` usable as a mount point; returns a note for the user, if any.
 
-    A mount point left behind by a killed daemon answers every call with
-    ENOTCONN ("Transport endpoint is not connected"): it is unmounted here
-    (lazily, so a shell sitting in it does not block this).
+    A mount point left behind by a killed daemon either answers every call
+    with ENOTCONN ("Transport endpoint is not connected") or, if the kernel
+    still waits for the dead daemon, hangs. Both are cleaned up here: the
+    connection is aborted (as root) and the mount removed lazily, so a shell
+    sitting in it does not block this.
     """
+    entry = _mount_entry(path)
+    if entry is not None:
+        fstype, device = entry
+        owner = _read_pid(pid_file) if pid_file is not None else None
+        if owner is not None and _alive(owner):
+            raise ConfigError(f"{path} is already mounted by sovrfs (daemon pid {owner})")
+        if not fstype.startswith("fuse"):
+            raise ConfigError(f"mount point {path}: something is already mounted there")
+        _abort_connection(device)
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True)
+        if _mount_entry(path) is not None:
+            raise ConfigError(f"mount point {path}: a dead mount is in the way; unmount it first")
+        note = f"{path} was left mounted by a daemon that died; cleaned it up"
+    else:
+        note = None
     try:
         os.stat(path)
     except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            raise ConfigError(f"mount point {path}: {exc.strerror}") from None
-        subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True)
-        os.stat(path)
-        return f"{path} was left mounted by a daemon that died; cleaned it up"
+        raise ConfigError(f"mount point {path}: {exc.strerror}") from None
     if not path.is_dir():
         raise ConfigError(f"mount point {path}: not a directory")
-    if os.path.ismount(path):
-        raise ConfigError(f"mount point {path}: something is already mounted there")
-    return None
+    return note
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[-1][:1] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def pid_file_for(state_dir: Path, mountpoint: Path) -> Path:
+    """Where the daemon serving ``mountpoint`` records its pid."""
+    name = str(Path(os.path.realpath(mountpoint))).strip("/").replace("/", "-") or "root"
+    return state_dir / "mounts" / f"{name}.pid"
 
 
 def build_store(config: Config) -> PodStore:
@@ -197,6 +262,9 @@ class Daemon:
         except RuntimeError as exc:
             await self.store.aclose()
             raise SovrError(f"cannot mount {self.mountpoint}: {exc}") from exc
+        pid_file = pid_file_for(Path(self.config.state_dir), Path(self.mountpoint))
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
         unmounted = False
         try:
             async with trio.open_nursery() as nursery:
@@ -215,6 +283,7 @@ class Daemon:
         finally:
             self.operations.nursery = None
             pyfuse3.close(unmount=True)
+            pid_file.unlink(missing_ok=True)
             with trio.CancelScope(shield=True):
                 await self._finish(unmounted)
 
