@@ -270,8 +270,10 @@ class PodStore(abc.ABC):
         """Open ``path`` and return a descriptor of a local file holding its bytes.
 
         ``flags`` are ``os.open`` flags (``O_CREAT``, ``O_EXCL``, ``O_TRUNC``,
-        access mode); ``O_APPEND`` is left to the caller. The caller owns the
-        descriptor until it hands it back through :meth:`close_file`.
+        ``O_APPEND``, access mode). With ``O_APPEND`` the descriptor must append
+        (Linux ``pwrite`` on such a descriptor writes at the end, which is what
+        an appending writer expects). The caller owns the descriptor until it
+        hands it back through :meth:`close_file`.
         """
 
     @abc.abstractmethod
@@ -281,6 +283,14 @@ class PodStore(abc.ABC):
         ``written`` says whether anything was written through it. A remote store
         queues the upload here; an upload failure it already knows about is
         raised so that ``close()`` reports it.
+        """
+
+    async def flush_file(self, pod: str, path: str, fd: int, *, written: bool) -> None:  # noqa: B027
+        """A ``close()`` of one descriptor of the file (there may be more).
+
+        Must not wait for slow work: a remote store queues the upload here.
+        An upload failure it already knows about is raised, so that the
+        application's ``close()`` reports it.
         """
 
     @abc.abstractmethod

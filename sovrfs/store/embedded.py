@@ -383,7 +383,7 @@ class EmbeddedStore(PodStore):
         # O_NOFOLLOW: the kernel resolves symlinks itself before asking us, so
         # a symlink here was swapped in behind our back; never follow it out
         # of the store.
-        flags = (flags & ~os.O_APPEND) | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags |= os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             return os.open(local, flags, mode)
         except OSError as exc:
