@@ -10,7 +10,7 @@ DFS_VERSION := v0.10.1
 DFS_BIN := $(CACHE_HOME)/fairos-dfs-$(DFS_VERSION)/dfs
 DEMO_MOUNT ?= $(HOME)/sovrfs
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-venv git rsync attr
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-venv git rsync attr systemd zsh
 BENCH_PACKAGES := bindfs rclone
 
 .PHONY: demo test deps system-deps venv lint fmt bench dfs-server dfs-dev docs clean
