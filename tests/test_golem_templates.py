@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sovrfs.golem import parse_settings
+from sovrfs.recipe import Recipe, parse_recipe
 
 TEMPLATES = Path(__file__).parent.parent / "sovrfs" / "templates"
 SEED = Path("/work/shared/seed")
@@ -30,7 +31,10 @@ def test_template_is_a_complete_compute_pod(name: str) -> None:
         assert any((root / golem[key]).iterdir()), key
     program = golem["exec"].split()[1]
     assert (root / program).is_file()
-    settings = parse_settings(recipe["sovr"]["golem"])
+    parsed = parse_recipe((root / f"{name}.recipe").read_bytes())
+    assert isinstance(parsed, Recipe)
+    # What the run engine hands over is what the Golem layer accepts.
+    settings = parse_settings(parsed.sovr.golem.model_dump(exclude_none=True))
     assert settings.node is True
     assert settings.budget is not None
 

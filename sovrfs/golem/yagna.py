@@ -188,7 +188,7 @@ class YagnaNode:
             "managed": self.managed,
             "state": self.state.value,
             "reachable": self.state is NodeState.READY,
-            "api_url": self.api_url or (None if self.mode == "off" else self._external_url),
+            "api_url": self.api_url or (self._external_url if self.mode == "external" else None),
             "node_id": self.node_id,
             "pid": self.pid,
             "reason": self.reason,
@@ -289,7 +289,8 @@ class YagnaNode:
         log.info("starting a managed yagna (API %s, data %s)", api_url, self.data_dir)
 
         output = self.data_dir / OUTPUT_FILE
-        with output.open("ab") as sink:
+        # One start's output: yagna keeps its own rotated logs in the data dir.
+        with output.open("wb") as sink:
             self._process = await trio.lowlevel.open_process(
                 [binary, "service", "run", "--disable-metrics-push"],
                 env=env,
@@ -314,7 +315,6 @@ class YagnaNode:
             YAGNA_API_URL=api_url,
             GSB_URL=gsb_url,
             YAGNA_AUTOCONF_APPKEY=key,
-            YAGNA_AUTOCONF_APPKEY_NAME="sovrfs",
         )
         if self.offline:
             # A relay address on loopback keeps yagna from looking the relay
