@@ -194,7 +194,10 @@ def test_restart_shows_interrupted_and_kills_the_orphans(tmp_path: Path) -> None
     mount.start()
     try:
         pid_file = tmp_path / "child.pid"
-        code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+        code = (
+            f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+            "time.sleep(120)"
+        )
         make_pod(mount, "victim", py(code))
         touch(mount.path / "victim" / ".sovr" / "run")
         wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=20)

@@ -43,7 +43,9 @@ def pod(fs: Mount) -> Path:
 
 
 def has(fs: Mount, feature: str) -> bool:
-    return feature in fs.status()["store"].get("features", ["symlink", "hardlink", "xattr", "owner"])
+    return feature in fs.status()["store"].get(
+        "features", ["symlink", "hardlink", "xattr", "owner"]
+    )
 
 
 def expect_errno(code: int, fn: object, *args: object) -> None:
@@ -367,7 +369,11 @@ def _tree(root: Path) -> dict[str, tuple[int, int, bytes]]:
             p = Path(dirpath) / name
             st = os.lstat(p)
             data = p.read_bytes() if stat.S_ISREG(st.st_mode) else b""
-            out[str(p.relative_to(root))] = (stat.S_IMODE(st.st_mode), st.st_mtime_ns // 10**9, data)
+            out[str(p.relative_to(root))] = (
+                stat.S_IMODE(st.st_mode),
+                st.st_mtime_ns // 10**9,
+                data,
+            )
     return out
 
 
