@@ -369,6 +369,26 @@ async def test_scrubber_sees_a_secret_split_across_reads(eng: Engine) -> None:
     assert "hunter2" not in text  # neither in the output nor in the header's argv
 
 
+@pytest.mark.expect_warnings
+async def test_a_broken_scrubber_drops_output_rather_than_leak_it(eng: Engine) -> None:
+    class Broken:
+        def feed(self, data: bytes) -> bytes:
+            if b"secret" in data:
+                raise ValueError("cannot parse")
+            return data
+
+        def flush(self) -> bytes:
+            return b""
+
+    script = "import time; print('secret', flush=True); time.sleep(0.2); print('after')"
+    submitted = await eng.engine.submit(eng.request("p", [PY, "-c", script], scrubber=Broken))
+    with trio.fail_after(BOUND):
+        record = await eng.engine.wait("p", submitted.run_id)
+    assert record.state is RunState.SUCCEEDED
+    assert "the log scrubber failed; the rest of the output was not logged" in record.warnings
+    assert "after" not in eng.output(record) and "secret" not in eng.output(record)
+
+
 async def test_classify_turns_exit_0_into_a_failure(eng: Engine) -> None:
     seen: list[tuple[int, str]] = []
 

@@ -112,6 +112,7 @@ class _Active:
     stop_requested: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)
     process: trio.Process | None = None
+    log: RunLog | None = None
 
     def request_stop(self, why: _Stop) -> bool:
         """Ask the run to stop; False if it was already asked."""
@@ -639,6 +640,8 @@ class RunEngine:
                 "run %s of pod %s failed inside the run engine", record.run_id, record.pod
             )
             self._kill_hard(active)
+            if active.log is not None:
+                await active.log.aclose()
             record.state = RunState.FAILED
             record.reason = f"internal error of the run engine: {describe(exc)}"
             record.finished_at = record.finished_at or utc_now()
@@ -652,7 +655,7 @@ class RunEngine:
 
     async def _run(self, active: _Active) -> None:
         record, req = active.record, active.request
-        runlog = RunLog(req.log_path, self._io_limiter)
+        runlog = active.log = RunLog(req.log_path, self._io_limiter)
         await runlog.open()
         await runlog.write(self._scrub_whole(req, record, self._header(record)))
         try:
