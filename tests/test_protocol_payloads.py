@@ -13,9 +13,11 @@ import pytest
 from sovrfs.errors import ArchiveRejected, SovrError
 from sovrfs.protocol.payloads import cache_pod_name
 from sovrfs.recipe import Recipe, parse_recipe
-from tests.test_protocol_env import Proto, listing, proto, recipe
+from tests.test_protocol_env import WATCHDOG_RENAME_RACE, Proto, listing, proto, recipe
 
 __all__ = ["proto"]
+
+pytestmark = WATCHDOG_RENAME_RACE
 
 LIST_PAYLOAD = """
 import os, pathlib

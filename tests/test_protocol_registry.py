@@ -14,9 +14,11 @@ from sovrfs.archive import make_zip
 from sovrfs.errors import AlreadyExists, ArchiveRejected, RecipeError
 from sovrfs.protocol import SELF_POD
 from sovrfs.recipe import is_sharing_ref
-from tests.test_protocol_env import Proto, listing, proto, recipe
+from tests.test_protocol_env import WATCHDOG_RENAME_RACE, Proto, listing, proto, recipe
 
 __all__ = ["proto"]
+
+pytestmark = WATCHDOG_RENAME_RACE
 
 HELLO = """
 import pathlib
@@ -68,6 +70,7 @@ async def test_rebuild_registry(proto: Proto) -> None:
         "refs": [persisted.ref],
         "last_run": None,
         "legacy": False,
+        "output": None,
         "problems": [],
     }
     assert any("also the name in pod twin-b" in p for p in pods["twin-a"]["problems"])

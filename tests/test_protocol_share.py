@@ -12,9 +12,11 @@ import trio
 
 from sovrfs.errors import AlreadyExists, InvalidName, NotFound, RecipeError
 from sovrfs.recipe import is_sharing_ref
-from tests.test_protocol_env import Proto, listing, proto, recipe, trigger
+from tests.test_protocol_env import WATCHDOG_RENAME_RACE, Proto, listing, proto, recipe, trigger
 
 __all__ = ["proto"]
+
+pytestmark = WATCHDOG_RENAME_RACE
 
 
 def no_control(rel: str) -> bool:
@@ -196,6 +198,9 @@ async def test_output_share(proto: Proto) -> None:
     assert result.output_pod == "gamma-output"
     assert result.output_ref is not None and is_sharing_ref(result.output_ref)
     assert await env.protocol.pod_ref("gamma-output") == result.output_ref
+    await env.protocol.rebuild_registry()
+    entry = next(e for e in (await env.protocol.registry())["pods"] if e["pod"] == "gamma")
+    assert entry["output"] == {"pod": "gamma-output", "refs": [result.output_ref]}
     copy = await env.protocol.fork(f"{result.output_ref} gamma-results")
     results = await env.fs(listing, root / "output" / "results")
     assert await env.fs(listing, env.pod(copy)) == results

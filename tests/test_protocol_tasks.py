@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import trio
 
-from tests.test_protocol_env import WAIT, Proto, proto, recipe, trigger
+from tests.test_protocol_env import WAIT, WATCHDOG_RENAME_RACE, Proto, proto, recipe, trigger
 
 __all__ = ["proto"]
+
+pytestmark = WATCHDOG_RENAME_RACE
 
 STEP = """
 import pathlib, sys, time

@@ -53,6 +53,7 @@ from ..recipe import (
     REGISTRY_POD,
     SHARED_PODS_POD,
     Recipe,
+    SharedPodRecord,
     Task,
     check_unique_names,
     find_recipe,
@@ -339,6 +340,7 @@ class Protocol:
                     "refs": [r.sharing_reference for r in shared.get(pod, [])],
                     "last_run": self._last_run(pod),
                     "legacy": legacy,
+                    "output": _output_of(pod, shared),
                     "problems": list(dict.fromkeys(pod_problems[pod])),
                 }
             )
@@ -530,6 +532,15 @@ def _write_recipe(root: str, name: str, data: bytes) -> None:
         log.info("the archive brought its own recipe; %s not written", name)
         return
     tree.write_file(os.path.join(root, name), data)
+
+
+def _output_of(pod: str, shared: dict[str, list[SharedPodRecord]]) -> dict[str, Any] | None:
+    """The pod that ``pod``'s output share was published as, with its references."""
+    for name, records in shared.items():
+        refs = [r.sharing_reference for r in records if r.recipe.get("output_of") == pod]
+        if refs:
+            return {"pod": name, "refs": refs}
+    return None
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:
