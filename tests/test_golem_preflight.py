@@ -10,6 +10,7 @@ import pytest
 from sovrfs.errors import PreflightFailed, RecipeError
 from sovrfs.golem import GolemService, parse_settings
 
+from .support.golem_chain import ChainStandIn
 from .support.yagna import ExternalYagna, free_port
 
 pytestmark = pytest.mark.yagna
@@ -126,3 +127,12 @@ def test_settings_defaults_keep_yapapi_and_yagna_together() -> None:
     assert (settings.subnet, settings.driver, settings.network) == ("public", "erc20", "hoodi")
     assert parse_settings({"payment_network": "Holesky"}).network == "holesky"
     assert parse_settings({"budget": 3}).budget == 3.0
+
+
+async def test_something_else_answering_is_not_taken_for_yagna(
+    tmp_path: Path, golem_chain: ChainStandIn, run_path: str
+) -> None:
+    service = GolemService(tmp_path, api_url=golem_chain.url, app_key="k", mode="external")
+    with pytest.raises(PreflightFailed, match="answered /me with HTTP 404"):
+        await service.preflight({}, run_path)
+    await service.aclose()

@@ -183,8 +183,13 @@ async def test_sigint_cancels_and_releases_the_allocation(
     assert await managed_golem.release_allocations(done.started) == 0
 
 
-async def test_sigkill_leaves_allocation_that_release_frees(
-    tmp_path: Path, managed_golem: GolemService, golem_chain: ChainStandIn, run_path: str
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+async def test_hard_stop_leaves_allocation_that_release_frees(
+    tmp_path: Path,
+    managed_golem: GolemService,
+    golem_chain: ChainStandIn,
+    run_path: str,
+    stop: signal.Signals,
 ) -> None:
     pod, recipe = _pod(tmp_path, "hello-world")
     settings = {**recipe["sovr"]["golem"], "job_timeout": 120}
@@ -195,11 +200,11 @@ async def test_sigkill_leaves_allocation_that_release_frees(
         shlex.split(recipe["golem"]["exec"]),
         settings,
         run_path,
-        stop=signal.SIGKILL,
+        stop=stop,
         stop_after=b"demand published",
     )
-    assert done.code == -signal.SIGKILL
-    assert managed_golem.classify(done.code, done.log) == "requestor killed by SIGKILL"
+    assert done.code == -stop
+    assert managed_golem.classify(done.code, done.log) == f"requestor killed by {stop.name}"
     left = await list_allocations(managed_golem.node, done.started)
     assert [a["allocationId"] for a in left] == [
         a["allocationId"] for a in done.stopped_with_allocation

@@ -266,7 +266,12 @@ class YagnaNode:
             raise PreflightFailed(
                 f"the yagna at {url} answered /me with HTTP {response.status_code}"
             )
-        identity: str = response.json()["identity"]
+        try:
+            identity = response.json()["identity"]
+        except (ValueError, KeyError, TypeError):
+            identity = None
+        if not isinstance(identity, str):
+            raise PreflightFailed(f"what answers at {url} is not a yagna (no identity in /me)")
         return identity
 
     # -- managed -------------------------------------------------------------

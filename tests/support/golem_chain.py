@@ -166,8 +166,8 @@ class ChainStandIn:
     def __init__(self, server: ThreadingHTTPServer, chain: _Chain) -> None:
         self._server = server
         self._chain = chain
-        host, port = server.server_address[:2]
-        self.url = f"http://{host}:{port}"
+        port = server.server_address[1]
+        self.url = f"http://127.0.0.1:{port}"
 
     @property
     def calls(self) -> list[tuple[str, str]]:

@@ -16,7 +16,8 @@ def _answer(method: str, params: dict[str, object]) -> object:
     if method == "version":
         return "0.7.3 (sovrfs test stand-in)"
     if method == "publish":
-        files = params.get("files") or []
+        files = params.get("files")
+        assert isinstance(files, list)
         return [{"file": f, "url": f"gftp://stand-in/{Path(str(f)).name}"} for f in files]
     if method == "receive":
         return {"file": params.get("output_file"), "url": "gftp://stand-in/receive"}
