@@ -169,7 +169,8 @@ class Proto:
                 await trio.sleep(0.05)
 
 
-async def _open_store(kind: str, tmp: Path) -> PodStore:
+def _open_store(request: pytest.FixtureRequest, tmp: Path) -> PodStore:
+    kind = request.param
     if kind == "embedded":
         return EmbeddedStore(tmp / "store")
     raise AssertionError(f"unknown store kind {kind}")
@@ -178,7 +179,7 @@ async def _open_store(kind: str, tmp: Path) -> PodStore:
 @pytest.fixture(params=["embedded"])
 async def proto(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Proto]:
     """A store mounted in-process at ``tmp_path/mnt`` with App, engine and protocol serving."""
-    store = await _open_store(request.param, tmp_path)
+    store = _open_store(request, tmp_path)
     await store.start()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
