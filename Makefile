@@ -65,7 +65,7 @@ bench: deps dfs-server
 # `go install module@version` refuses it).
 dfs-server: $(DFS_BIN)
 
-$(DFS_BIN): tests/dfs_server/go.mod tests/dfs_server/main.go
+$(DFS_BIN): tests/dfs_server/go.mod tests/dfs_server/go.sum tests/dfs_server/main.go
 	mkdir -p $(dir $@)
 	cd tests/dfs_server && GOFLAGS=-mod=mod go build -o $@ .
 

@@ -11,9 +11,11 @@ or raises a :class:`~sovrfs.errors.SovrError` whose errno the user's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import posixpath
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,13 +26,21 @@ from typing import Any
 import trio
 
 from . import __version__
-from .errors import NotFound, PreflightFailed, RecipeError, RunBusy, SovrError, describe
+from .errors import (
+    AlreadyExists,
+    NotFound,
+    PreflightFailed,
+    RecipeError,
+    RunBusy,
+    SovrError,
+    describe,
+)
 from .golem import GolemService, SecretSet, StreamScrubber
 from .protocol import Protocol
 from .recipe import Recipe, Task, autorun_matcher, exec_argv, find_recipe, parse_recipe
 from .runs import RunEngine, RunRecord, RunRequest
 from .secrets import known_secrets
-from .store.base import PodStore
+from .store.base import Change, PodStore
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +85,9 @@ class App:
         self.protocol = Protocol(store, self)
         self.started_at = time.time()
         self.last_fork: dict[str, Any] | None = None
+        self.last_persist: dict[str, dict[str, Any]] = {}
+        self.last_error: dict[str, Any] | None = None
+        self.persist_self_ref: str | None = None
         self._autorun: dict[str, _Autorun] = {}
         self._autorun_send, self._autorun_recv = trio.open_memory_channel[str](100)
         self._forked_file = settings.state_dir / "forked.json"
@@ -87,6 +100,7 @@ class App:
         """Background work: the run engine and the auto-run debouncer."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.engine.serve)
+            await nursery.start(self.protocol.serve)
             nursery.start_soon(self._serve_autorun)
             task_status.started()
 
@@ -119,7 +133,9 @@ class App:
             if isinstance(recipe, Task):
                 return await self.protocol.start_task(pod, recipe)
             request = await self.build_request(pod, recipe)
-        except (RecipeError, PreflightFailed) as exc:
+        except RunBusy:
+            raise
+        except SovrError as exc:
             self.engine.record_failure(pod, describe(exc))
             log.info("run of %s refused: %s", pod, describe(exc))
             raise
@@ -167,6 +183,7 @@ class App:
             cwd=root,
             env=env,
             log_path=os.path.join(log_dir, "{run_id}.log"),
+            open_log=partial(self._open_log, pod),
             timeout=timeout,
             scrubber=scrubber,
             classify=classify,
@@ -174,9 +191,46 @@ class App:
             meta={"recipe": recipe.name},
         )
 
+    async def _open_log(self, pod: str, mount_path: str) -> tuple[int, Any]:
+        """Open a run's log in the pod store itself, never through the mount.
+
+        A daemon holding a file open on its own mount cannot die cleanly: the
+        kernel would flush that file to the dead daemon and wait forever.
+        """
+        path = "/" + mount_path[len(self.pod_root(pod)) :].strip("/")
+        parent = posixpath.dirname(path)
+        await self._makedirs(pod, parent)
+        fd = await self.store.open_file(
+            pod, path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+        )
+
+        async def close() -> None:
+            await self.store.close_file(pod, path, fd, written=True)
+            if self.operations is not None:
+                await self.operations.apply_change(Change(pod, path))
+
+        if self.operations is not None:
+            await self.operations.apply_change(Change(pod, path))
+        return fd, close
+
+    async def _makedirs(self, pod: str, path: str) -> None:
+        if path in ("", "/"):
+            return
+        try:
+            await self.store.stat(pod, path)
+            return
+        except NotFound:
+            pass
+        await self._makedirs(pod, posixpath.dirname(path))
+        with contextlib.suppress(AlreadyExists):
+            await self.store.mkdir(pod, path, 0o755)
+
     def _release_after(self, since: float) -> Any:
         async def release(record: RunRecord) -> None:
-            if self.golem is not None and record.stopped_with in ("SIGTERM", "SIGKILL"):
+            # Even SIGINT can leave an allocation behind when it lands while
+            # the requestor is still starting; releasing is always safe, as
+            # only allocations made since this run started are touched.
+            if self.golem is not None and record.stopped_with is not None:
                 released = await self.golem.release_allocations(since)
                 if released:
                     log.info("released %d Golem allocation(s) of run %s", released, record.run_id)
@@ -184,6 +238,9 @@ class App:
         return release
 
     async def cancel_run(self, pod: str) -> None:
+        if await self.protocol.cancel_task(pod):
+            log.info("task of pod %s cancelled", pod)
+            return
         record = await self.engine.cancel(pod)
         if record is None:
             raise NotFound(f"pod {pod} has no queued or running run")
@@ -276,6 +333,11 @@ class App:
 
     # -- pods --------------------------------------------------------------
 
+    def check_idle(self, pod: str) -> None:
+        """Refuse (EBUSY) to remove or rename a pod while it runs."""
+        if self.engine.busy(pod):
+            raise RunBusy(f"pod {pod} has a queued or running run; cancel it first")
+
     async def pod_removed(self, pod: str) -> None:
         self._autorun.pop(pod, None)
         self.engine.forget_pod(pod)
@@ -297,7 +359,13 @@ class App:
     # -- the protocol --------------------------------------------------------
 
     async def persist(self, pod: str) -> None:
-        await self.protocol.persist(pod)
+        try:
+            result = await self.protocol.persist(pod)
+        except SovrError as exc:
+            self.last_persist[pod] = {"ok": False, "error": describe(exc), "at": time.time()}
+            raise
+        self.last_persist[pod] = {"ok": True, **result.to_json(), "at": time.time()}
+        log.info("pod %s persisted%s", pod, f", shared as {result.ref}" if result.ref else "")
 
     async def fork_from_control(self, ref: str) -> None:
         started = time.time()
@@ -307,6 +375,33 @@ class App:
             self.last_fork = {"ref": ref, "ok": False, "error": describe(exc), "at": started}
             raise
         self.last_fork = {"ref": ref, "ok": True, "pod": name, "at": started}
+        log.info("forked %s as pod %s", ref.split()[0], name)
+
+    async def _remember(self, what: str, action: Any) -> Any:
+        """Run a root control action, keeping its outcome for status.json."""
+        try:
+            result = await action
+        except SovrError as exc:
+            self.last_error = {"operation": what, "error": describe(exc), "at": time.time()}
+            raise
+        self.last_error = None
+        return result
+
+    async def import_from_control(self, line: str) -> None:
+        words = line.split()
+        if len(words) != 2:
+            from .errors import InvalidName
+
+            raise InvalidName("write two words to .sovr/import: LEGACY_POD NEW_POD")
+        await self._remember("import", self.protocol.import_legacy(words[0], words[1]))
+        log.info("imported legacy pod %s as %s", words[0], words[1])
+
+    async def rebuild_registry(self) -> None:
+        await self._remember("registry rebuild", self.protocol.rebuild_registry())
+
+    async def persist_self(self) -> None:
+        self.persist_self_ref = await self._remember("persist-self", self.protocol.persist_self())
+        log.info("sovrfs %s persisted in pod Sovr as %s", __version__, self.persist_self_ref)
 
     # -- what control files show ---------------------------------------------
 
@@ -316,10 +411,13 @@ class App:
             "pid": os.getpid(),
             "mountpoint": self.settings.mountpoint,
             "started_at": self.started_at,
-            "store": self.store.status(),
+            "store": {**self.store.status(), "features": sorted(self.store.features)},
             "runs": self.engine.summary(),
             "golem": self.golem.status() if self.golem is not None else {"mode": "off"},
             "last_fork": self.last_fork,
+            "last_error": self.last_error,
+            "persist_self_ref": self.persist_self_ref,
+            "operations": self.protocol.progress(),
         }
         if self.operations is not None:
             data["fuse"] = self.operations.stats()
@@ -330,7 +428,14 @@ class App:
 
     async def render_pod_status(self, pod: str) -> bytes:
         record = self.engine.current(pod)
-        data = record.to_json() if record is not None else {"pod": pod, "state": "idle"}
+        data: dict[str, Any] = (
+            record.to_json() if record is not None else {"pod": pod, "state": "idle"}
+        )
+        task = self.protocol.task_status(pod)
+        if task is not None:
+            data["task"] = task
+        if pod in self.last_persist:
+            data["persist"] = self.last_persist[pod]
         return _json_bytes(data)
 
     async def render_ref(self, pod: str) -> bytes:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConfigError, SovrError, describe
+from .errors import ConfigError, InvalidName, SovrError, describe
 
 DEFAULT_MOUNT = Path(os.environ.get("SOVRFS_MOUNTPOINT", "~/sovrfs")).expanduser()
 CONTROL = ".sovr"
@@ -256,7 +256,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         target.mkdir()
     except OSError as exc:
         raise CliError(f"cannot create pod {target.name}: {exc.strerror}") from None
-    copy_template(template, target)
+    try:
+        copy_template(template, target, pod_name=target.name)
+    except InvalidName:
+        copy_template(template, target)
     print(f"created compute pod {target} from template {template}")
     return 0
 

@@ -324,6 +324,19 @@ class Controller:
                     ),
                     "status.json": ReadFile(lambda: app.render_status()),
                     "registry.json": ReadFile(lambda: app.render_registry()),
+                    "rebuild-registry": TriggerFile(
+                        app.rebuild_registry,
+                        "write or touch this file to rescan every pod into the registry\n",
+                    ),
+                    "persist-self": TriggerFile(
+                        app.persist_self,
+                        "write or touch this file to persist sovrfs's own source in pod Sovr\n",
+                    ),
+                    "import": InputFile(
+                        app.import_from_control,
+                        "write LEGACY_POD NEW_POD here to turn a pod persisted by the "
+                        "original tool into a compute pod\n",
+                    ),
                 }
             )
         return self._root

@@ -179,7 +179,16 @@ def build_store(config: Config) -> PodStore:
 
         if not config.dfs.user:
             raise ConfigError("dfs.user: required with dfs.url (--user NAME)")
-        return DfsStore.from_config(config)
+        cache = Path(config.cache_dir) / "dfs" / _safe_name(f"{config.dfs.url}-{config.dfs.user}")
+        return DfsStore(
+            config.dfs.url,
+            config.dfs.user,
+            config.dfs_password(),
+            cache,
+            timeout=config.dfs.request_timeout,
+            attr_ttl=config.dfs.attr_ttl,
+            cache_limit=config.dfs.cache_size,
+        )
     return EmbeddedStore(config.store)
 
 
@@ -191,6 +200,9 @@ class Daemon:
         self.state = MountState.NEW
         self.config = request.config
         self.mountpoint = str(request.mountpoint.resolve())
+        # Resolved now: once mounted, path look-ups on the mount point need
+        # the FUSE loop, which does not run yet while mounting.
+        self.pid_file = pid_file_for(Path(self.config.state_dir), Path(self.mountpoint))
         self.store = build_store(self.config)
         runs = self.config.runs
         state_dir = Path(self.config.state_dir)
@@ -262,7 +274,7 @@ class Daemon:
         except RuntimeError as exc:
             await self.store.aclose()
             raise SovrError(f"cannot mount {self.mountpoint}: {exc}") from exc
-        pid_file = pid_file_for(Path(self.config.state_dir), Path(self.mountpoint))
+        pid_file = self.pid_file
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(f"{os.getpid()}\n")
         unmounted = False
@@ -320,11 +332,16 @@ class Daemon:
         log.info("stopped serving %s", self.mountpoint)
 
 
+def _safe_name(raw: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)[:120]
+
+
 def _store_key(store: PodStore) -> str:
     """A directory name telling stores apart in the state directory."""
     status = store.status()
-    raw = f"{status.get('kind')}-{status.get('url') or status.get('path')}-{status.get('user', '')}"
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)[:120]
+    return _safe_name(
+        f"{status.get('kind')}-{status.get('url') or status.get('path')}-{status.get('user', '')}"
+    )
 
 
 def serve(request: MountRequest) -> None:

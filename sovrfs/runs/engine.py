@@ -655,7 +655,7 @@ class RunEngine:
 
     async def _run(self, active: _Active) -> None:
         record, req = active.record, active.request
-        runlog = active.log = RunLog(req.log_path, self._io_limiter)
+        runlog = active.log = RunLog(req.log_path, self._io_limiter, req.open_log)
         await runlog.open()
         await runlog.write(self._scrub_whole(req, record, self._header(record)))
         try:

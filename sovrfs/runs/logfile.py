@@ -1,9 +1,10 @@
 """The run's log file, written while the run goes on.
 
-The log normally lies inside the pod, that is on the daemon's own FUSE mount:
-every open and write goes through a worker thread, because a write blocking
-the trio loop would wait for a FUSE request that only the same loop can
-answer. Writes are unbuffered, so ``tail -f`` sees each chunk as it arrives.
+The log lies inside the pod. The daemon hands an opener that writes it
+straight into the pod store (see :attr:`RunRequest.open_log`); without one,
+the path is opened as a local file. Every write goes through a worker thread
+so a slow disk never stalls the trio loop. Writes are unbuffered, so
+``tail -f`` sees each chunk as it arrives.
 
 A failing log (full disk, read-only directory) never stops the run: the bytes
 are dropped, counted, and the failure is kept in :attr:`RunLog.warnings` for
@@ -15,15 +16,25 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Awaitable, Callable
 
 import trio
+
+from ..errors import SovrError
 
 log = logging.getLogger(__name__)
 
 
+Opener = Callable[[str], Awaitable[tuple[int, Callable[[], Awaitable[None]]]]]
+
+
 class RunLog:
-    def __init__(self, path: str, limiter: trio.CapacityLimiter) -> None:
+    def __init__(
+        self, path: str, limiter: trio.CapacityLimiter, opener: Opener | None = None
+    ) -> None:
         self.path = path
+        self._opener = opener
+        self._closer: Callable[[], Awaitable[None]] | None = None
         self.warnings: list[str] = []
         self._limiter = limiter
         self._fd: int | None = None
@@ -32,7 +43,13 @@ class RunLog:
 
     async def open(self) -> None:
         try:
-            self._fd = await trio.to_thread.run_sync(self._open_blocking, limiter=self._limiter)
+            if self._opener is not None:
+                self._fd, self._closer = await self._opener(self.path)
+            else:
+                self._fd = await trio.to_thread.run_sync(self._open_blocking, limiter=self._limiter)
+        except SovrError as exc:
+            error = OSError(exc.errno, str(exc))
+            self._fail(f"cannot open the log {self.path}", error, dropping=True)
         except OSError as exc:
             self._fail(f"cannot open the log {self.path}", exc, dropping=True)
 
@@ -71,7 +88,14 @@ class RunLog:
         if fd is None:
             return
         try:
-            await trio.to_thread.run_sync(os.close, fd, limiter=self._limiter)
+            if self._closer is not None:
+                await self._closer()
+            else:
+                await trio.to_thread.run_sync(os.close, fd, limiter=self._limiter)
+        except SovrError as exc:
+            self._fail(
+                f"cannot close the log {self.path}", OSError(exc.errno, str(exc)), dropping=False
+            )
         except OSError as exc:
             # Remote stores upload on close; a failure here means the log may not be kept.
             self._fail(f"cannot close the log {self.path}", exc, dropping=False)

@@ -63,6 +63,12 @@ class RunRequest:
     env: dict[str, str]
     log_path: str
     timeout: float | None = None
+    #: Opens the log somewhere other than ``log_path`` on the local disk: given
+    #: the log path (``{run_id}`` filled in), returns a writable descriptor and
+    #: the coroutine function that closes it. The daemon uses it to write logs
+    #: straight into the pod store: a daemon must never hold files open on its
+    #: own mount, or a SIGKILL leaves the kernel waiting on a dead server.
+    open_log: Callable[[str], Awaitable[tuple[int, Callable[[], Awaitable[None]]]]] | None = None
     scrubber: Callable[[], StreamScrubber] | None = None
     classify: Callable[[int, str], str | None] | None = None
     after_exit: Callable[[RunRecord], Awaitable[None]] | None = None

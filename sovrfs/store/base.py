@@ -167,7 +167,8 @@ class PodStore(abc.ABC):
     #: Short name shown in status output: ``"embedded"`` or ``"fairos-dfs"``.
     kind: ClassVar[str]
     #: Optional features this store has: ``"symlink"``, ``"hardlink"``,
-    #: ``"xattr"``, ``"owner"``.
+    #: ``"xattr"``, ``"owner"``, and ``"times"`` (keeps the times ``utimens``
+    #: sets, nanosecond resolution).
     features: frozenset[str] = frozenset()
 
     # -- lifecycle -------------------------------------------------------

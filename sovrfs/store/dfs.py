@@ -173,6 +173,9 @@ class DfsStore(PodStore):
         self._cache = FileCache(self.cache_dir, cache_limit)
         self._journal = Journal(self.cache_dir / "journal.sqlite3")
         self._listings: dict[tuple[str, str], tuple[float, dict[str, Entry]]] = {}
+        #: Bumped whenever a listing is dropped, so a listing fetched across a
+        #: change is used once but never cached.
+        self._listing_epoch = 0
         self._roots: dict[str, tuple[float, Attr]] = {}
         self._shared: set[str] = set()
         self._pod_locks: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)
@@ -468,9 +471,11 @@ class DfsStore(PodStore):
     # -- listings ----------------------------------------------------------
 
     def _forget_dir(self, pod: str, path: str) -> None:
+        self._listing_epoch += 1
         self._listings.pop((pod, path), None)
 
     def _forget_tree(self, pod: str, path: str) -> None:
+        self._listing_epoch += 1
         for key in [k for k in self._listings if k[0] == pod]:
             if path == "/" or key[1] == path or key[1].startswith(path + "/"):
                 del self._listings[key]
@@ -483,6 +488,7 @@ class DfsStore(PodStore):
         cached = self._listings.get((pod, path))
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        epoch = self._listing_epoch
         try:
             entries = await self.client.dir_ls(pod, path)
         except StoreUnavailable:
@@ -494,7 +500,9 @@ class DfsStore(PodStore):
             self._forget_dir(pod, path)
             raise
         listing = {e.name: e for e in entries if e.name != RESERVED_NAME}
-        self._listings[(pod, path)] = (time.monotonic() + self.attr_ttl, listing)
+        if epoch == self._listing_epoch:
+            # Cached only if nothing changed while the request was under way.
+            self._listings[(pod, path)] = (time.monotonic() + self.attr_ttl, listing)
         self._adopt_mtimes(pod, path, listing)
         return listing
 
@@ -534,10 +542,16 @@ class DfsStore(PodStore):
         # an answer (its handler panics), so the kind is checked first.
         if path != "/" and (await self._lookup(pod, path)).kind is not Kind.DIR:
             raise NotADirectory(f"{pod}:{path} is not a directory")
+        # Take the overlay both before and after asking the server: an upload
+        # that finishes while the listing is on its way is in neither the
+        # listing nor the later overlay.
+        pending = dict(self._overlay(pod, path))
         remote = await self._remote_listing(pod, path)
+        pending.update(self._overlay(pod, path))
         attrs = {name: _attr_of(entry) for name, entry in remote.items()}
-        for name, cached in self._overlay(pod, path):
-            attrs[name] = self._local_attr(cached)
+        for name, cached in pending.items():
+            if not cached.gone:
+                attrs[name] = self._local_attr(cached)
         return sorted(attrs.items())
 
     async def _lookup(self, pod: str, path: str) -> Attr:
@@ -550,6 +564,14 @@ class DfsStore(PodStore):
         listing = await self._remote_listing(pod, parent)
         entry = listing.get(name)
         if entry is None:
+            # An upload may have finished while the listing was on its way.
+            cached = self._cache.entries.get((pod, path))
+            if (
+                cached is not None
+                and not cached.gone
+                and (cached.dirty or cached.writers or cached.remote_mtime is None)
+            ):
+                return self._local_attr(cached)
             raise NotFound(f"{pod}:{path}: no such file or directory")
         return _attr_of(entry)
 

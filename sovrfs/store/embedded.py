@@ -82,7 +82,7 @@ class EmbeddedStore(PodStore):
     """Pods kept as directories below ``root``."""
 
     kind = "embedded"
-    features = frozenset({"symlink", "hardlink", "xattr", "owner"})
+    features = frozenset({"symlink", "hardlink", "xattr", "owner", "times"})
 
     def __init__(self, root: Path, *, watch: bool = True) -> None:
         self.root = Path(root)
