@@ -59,7 +59,7 @@ def test_template_pod_runs_end_to_end(mounted: Mount) -> None:
     runs = os.listdir(pod / ".sovr" / "runs")
     assert runs == [f"{status['run_id']}.json"]
     assert os.getxattr(pod, "user.sovr.state") == b"succeeded"
-    assert os.getxattr(pod, "user.sovr.recipe") == b"wordcount"
+    assert os.getxattr(pod, "user.sovr.recipe") == b"wc"  # init names the recipe after the pod
     # Control files never reach the store.
     assert not (mounted.store_dir / "wc" / ".sovr").exists()
 
