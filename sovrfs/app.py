@@ -355,6 +355,12 @@ class App:
 
     async def refresh(self, pod: str | None = None) -> None:
         await self.store.refresh(pod)
+        if self.operations is not None:
+            await self.operations.apply_change(Change(pod or "", None))
+
+    async def refresh_from_control(self, line: str) -> None:
+        pod = line.strip()
+        await self.refresh(None if pod in ("", "*") else pod)
 
     # -- the protocol --------------------------------------------------------
 

@@ -114,6 +114,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from .daemon import (
         MountRequest,
         check_mountpoint,
+        mount_entry,
         parse_mount_options,
         pid_file_for,
         serve,
@@ -131,7 +132,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         overrides["mount.debug"] = True
     config = load_config(args.config, overrides=overrides)
     mountpoint = Path(args.mountpoint).expanduser()
-    if not mountpoint.exists():
+    if not os.path.lexists(mountpoint) and mount_entry(mountpoint) is None:
         raise CliError(f"mount point {mountpoint} does not exist (create it with mkdir)")
     if config.dfs.url:
         # Ask for the password now, on the terminal, not in the background child.
@@ -467,7 +468,12 @@ def _table(headers: list[str], rows: list[list[str]]) -> None:
 
 def cmd_refresh(args: argparse.Namespace) -> int:
     root, pod = resolve_pod(args.pod, args.mount)
-    touch_control(root / pod / CONTROL / "refresh", f"cannot refresh {pod}")
+    write_control(
+        root / CONTROL / "refresh",
+        pod,
+        f"cannot refresh {pod}",
+        lambda: None,
+    )
     return 0
 
 

@@ -332,6 +332,11 @@ class Controller:
                         app.persist_self,
                         "write or touch this file to persist sovrfs's own source in pod Sovr\n",
                     ),
+                    "refresh": InputFile(
+                        app.refresh_from_control,
+                        'write a pod name here (or "*" for all) to drop cached listings '
+                        "so changes made elsewhere show\n",
+                    ),
                     "import": InputFile(
                         app.import_from_control,
                         "write LEGACY_POD NEW_POD here to turn a pod persisted by the "

@@ -85,7 +85,7 @@ def parse_mount_options(text: str | None) -> tuple[dict[str, Any], set[str]]:
     return overrides, extra
 
 
-def _mount_entry(path: Path) -> tuple[str, str] | None:
+def mount_entry(path: Path) -> tuple[str, str] | None:
     """(filesystem type, "major:minor") of a mount at ``path``, read without touching it.
 
     ``stat`` on a mount whose daemon died while the kernel still waits for it
@@ -128,7 +128,7 @@ def check_mountpoint(path: Path, pid_file: Path | None = None) -> str | None:
     connection is aborted (as root) and the mount removed lazily, so a shell
     sitting in it does not block this.
     """
-    entry = _mount_entry(path)
+    entry = mount_entry(path)
     if entry is not None:
         fstype, device = entry
         owner = _read_pid(pid_file) if pid_file is not None else None
@@ -138,7 +138,7 @@ def check_mountpoint(path: Path, pid_file: Path | None = None) -> str | None:
             raise ConfigError(f"mount point {path}: something is already mounted there")
         _abort_connection(device)
         subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True)
-        if _mount_entry(path) is not None:
+        if mount_entry(path) is not None:
             raise ConfigError(f"mount point {path}: a dead mount is in the way; unmount it first")
         note = f"{path} was left mounted by a daemon that died; cleaned it up"
     else:

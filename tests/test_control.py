@@ -206,7 +206,7 @@ def test_restart_shows_interrupted_and_kills_the_orphans(tmp_path: Path) -> None
         # A killed daemon leaves "Transport endpoint is not connected" behind;
         # the next mount cleans it up.
         with pytest.raises(OSError) as info:
-            os.stat(mount.path / "victim")
+            os.listdir(mount.path / "victim")
         assert info.value.errno == errno.ENOTCONN
         mount.remount()
         status = mount.pod_status("victim")

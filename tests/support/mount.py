@@ -8,6 +8,7 @@ user's own store or state. ``kill()`` sends SIGKILL to test crash recovery;
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -73,7 +74,10 @@ class Mount:
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
-        self.path.mkdir(parents=True, exist_ok=True)
+        # A mount point left by a killed daemon answers ENOTCONN to stat, so
+        # no exist_ok (which stats): the daemon itself cleans it up.
+        with contextlib.suppress(FileExistsError):
+            self.path.mkdir(parents=True)
         self.log_file = self.home / f"daemon-{int(time.time() * 1000)}.log"
         argv = [sys.executable, "-m", "sovrfs", "mount", str(self.path), "-f", "--debug"]
         argv += ["--store", str(self.store_dir), *self.extra_args]
@@ -83,12 +87,18 @@ class Mount:
                 env=self.environment(),
             )  # fmt: skip
         deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not (self.path / ".sovr" / "status.json").is_file():
+        while not self._answers():
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"mount did not come up:\n{self.log()}")
             time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        try:
+            return (self.path / ".sovr" / "status.json").is_file()
+        except OSError:  # the dead mount of a killed daemon, until cleaned up
+            return False
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file else ""
