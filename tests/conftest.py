@@ -28,7 +28,8 @@ def _no_unexpected_warnings(
     if request.node.get_closest_marker("expect_warnings"):
         return
     bad = [
-        r for r in caplog.get_records("call")
+        r
+        for r in caplog.get_records("call")
         if r.levelno >= logging.WARNING and r.name.startswith("sovrfs")
     ]
     assert not bad, "unexpected warnings: " + "; ".join(r.getMessage() for r in bad)

@@ -165,7 +165,8 @@ class EmbeddedStore(PodStore):
             # the later events; a dropped one only delays an invalidation
             # until the attribute timeout expires.
             log.debug("change buffer full, dropped %s", change)
-        except trio.ClosedResourceError:
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            # Nobody follows the changes any more: the mount is stopping.
             pass
 
     async def changes(self) -> AsyncIterator[Change]:
