@@ -552,6 +552,13 @@ class DfsStore(PodStore):
         for name, cached in pending.items():
             if not cached.gone:
                 attrs[name] = self._local_attr(cached)
+        # The server's listing is best effort: under load it leaves out
+        # entries whose metadata it failed to fetch. A file this store wrote
+        # and has not removed still exists, so it is listed from the cache.
+        for (epod, epath), cached in list(self._cache.entries.items()):
+            parent, name = split(epath)
+            if epod == pod and parent == path and name not in attrs and not cached.gone:
+                attrs[name] = self._local_attr(cached)
         return sorted(attrs.items())
 
     async def _lookup(self, pod: str, path: str) -> Attr:
@@ -564,13 +571,10 @@ class DfsStore(PodStore):
         listing = await self._remote_listing(pod, parent)
         entry = listing.get(name)
         if entry is None:
-            # An upload may have finished while the listing was on its way.
+            # An upload may have finished while the listing was on its way,
+            # or the server's best-effort listing left the file out.
             cached = self._cache.entries.get((pod, path))
-            if (
-                cached is not None
-                and not cached.gone
-                and (cached.dirty or cached.writers or cached.remote_mtime is None)
-            ):
+            if cached is not None and not cached.gone:
                 return self._local_attr(cached)
             raise NotFound(f"{pod}:{path}: no such file or directory")
         return _attr_of(entry)
