@@ -130,7 +130,7 @@ def machine_facts(root: Path, args: argparse.Namespace) -> dict[str, str]:
         "disk": first_line(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", str(root)])
         + f" at {root.parent}",
         "Python": platform.python_version(),
-        "sovrfs": __version__,
+        "sovrfs": f"{__version__}, {checkout()}",
         "bindfs": first_line(["bindfs", "--version"]),
         "rclone": first_line(["rclone", "version"]),
         "git": first_line(["git", "--version"]),
@@ -141,6 +141,22 @@ def machine_facts(root: Path, args: argparse.Namespace) -> dict[str, str]:
         "command": "python -m tests.bench " + shlex.join(sys.argv[1:]),
         "sizes": "quick" if args.quick else "full",
     }
+
+
+def checkout() -> str:
+    """The commit measured, and whether the daemon's code differs from it."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
+        )
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "not a git checkout"
+    changed = git("status", "--porcelain", "--", "sovrfs")
+    return f"commit {commit}" + (" with uncommitted changes in sovrfs/" if changed else "")
 
 
 # -- the file workloads ------------------------------------------------------------
@@ -171,23 +187,27 @@ def _positional(fn: Callable[..., None]) -> workloads.Workload:
 def run_file_workloads(bench: Bench, targets: list[Target]) -> None:
     plan = file_workloads(bench)
     for rep in range(bench.args.repeat):
-        for workload, size, unit, fn in plan:
+        for step, (workload, size, unit, fn) in enumerate(plan):
             shift = rep % len(targets)
             for target in targets[shift:] + targets[:shift]:
-                base = target.workdir / f"{workload.replace(' ', '-')}-{rep}"
-                base.mkdir()
+                where = f"round {rep + 1}: {workload} {size} on {target.name}"
+                # A directory of its own for every sample: a name used again
+                # would make one sample depend on the clean-up of another.
+                base = target.workdir / f"{workload.replace(' ', '-')}-{step}-{rep}"
                 phases: dict[str, float] = {}
                 error = None
                 try:
+                    base.mkdir()
                     fn(base, phases)
                 except (workloads.WorkloadError, OSError) as exc:
                     error = str(exc)
                 finally:
-                    remove_tree(base)
+                    left = remove_tree(base)
+                    if left:
+                        bench.say(f"[yellow]{where}: clean-up: {left}[/yellow]")
                 for phase, value in phases.items():
                     bench.results.add(workload, size, phase, unit, target.name, value)
                 shown = ", ".join(f"{k} {v:.3g}" for k, v in phases.items())
-                where = f"round {rep + 1}: {workload} {size} on {target.name}"
                 bench.say(f"{where}: {shown} {unit}")
                 if error is not None:
                     failed = next(p for p in workloads.PHASES[workload] if p not in phases)

@@ -180,6 +180,10 @@ def open_targets(root: Path, names: tuple[str, ...] = TARGETS) -> Iterator[list[
                     target.mount.stop()
 
 
-def remove_tree(path: Path) -> None:
-    """Delete a work tree between samples (not timed)."""
+def remove_tree(path: Path) -> str | None:
+    """Delete a work tree between samples (not timed); say if some of it stayed."""
     shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path):
+        return None
+    left = sum(len(files) + len(dirs) for _, dirs, files in os.walk(path))
+    return f"{path} could not be removed ({left} entries left in it)"
