@@ -205,6 +205,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
     status_file = mountpoint / CONTROL / "status.json"
     if status_file.is_file():
         pid = read_json(status_file).get("pid")
+        if not args.no_wait:
+            _drain_uploads(status_file, args.timeout)
     result = subprocess.run(
         ["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True, check=False
     )
@@ -214,18 +216,58 @@ def cmd_umount(args: argparse.Namespace) -> int:
             raise CliError(f"{mountpoint} is not mounted")
         raise CliError(f"cannot unmount {mountpoint}: {message}")
     if pid and not args.no_wait:
-        _wait_for_exit(int(pid), mountpoint)
+        _wait_for_exit(int(pid))
     print(f"unmounted {mountpoint}")
     return 0
 
 
-def _wait_for_exit(pid: int, mountpoint: Path) -> None:
-    """Wait until the daemon has finished (its uploads are then in the store)."""
-    shown = False
+def _queue(status_file: Path) -> dict[str, Any]:
+    queue: dict[str, Any] = read_json(status_file).get("store", {}).get("upload_queue") or {}
+    return queue
+
+
+def _drain_uploads(status_file: Path, timeout: float) -> None:
+    """Show the upload queue draining; on timeout say what is left (it stays journaled)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    queue = _queue(status_file)
+    if not queue.get("files"):
+        return
+    start_bytes = queue.get("bytes", 0)
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("uploading {task.fields[files]} file(s)"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[error]}"),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as progress:
+        task = progress.add_task("uploads", total=start_bytes or 1, files=queue["files"], error="")
+        while queue.get("files") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            queue = _queue(status_file)
+            left = queue.get("bytes", 0)
+            error = queue.get("last_error") or ""
+            progress.update(
+                task,
+                completed=max(0, start_bytes - left),
+                files=queue.get("files", 0),
+                error=f"(retrying: {error})" if error else "",
+            )
+    if queue.get("files"):
+        print(
+            f"sovrfs: gave up waiting after {timeout:.0f} s: {queue['files']} file(s), "
+            f"{queue.get('bytes', 0)} bytes not uploaded yet"
+            + (f" (last error: {queue['last_error']})" if queue.get("last_error") else "")
+            + "; they stay in the cache and are uploaded by the next mount",
+            file=sys.stderr,
+        )
+
+
+def _wait_for_exit(pid: int) -> None:
+    """Wait until the daemon has finished (its store is then closed)."""
     while _alive(pid):
-        if not shown and sys.stderr.isatty():
-            print(f"waiting for the daemon of {mountpoint} to finish its uploads…", file=sys.stderr)
-            shown = True
         time.sleep(0.1)
 
 
@@ -436,9 +478,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         _table(["pod", "state", "run", "reason"], rows)
     if runs:
         print(f"runs: {runs.get('running', 0)} running, {runs.get('queued', 0)} queued")
-    uploads = store.get("uploads") or store.get("upload_queue")
+    uploads = store.get("upload_queue")
     if uploads:
-        print("uploads: " + ", ".join(f"{k} {v}" for k, v in uploads.items()))
+        _table(
+            ["queued files", "queued bytes", "retries", "last error", "uploaded"],
+            [[str(uploads.get("files", 0)), str(uploads.get("bytes", 0)),
+              str(uploads.get("retries", 0)), str(uploads.get("last_error") or ""),
+              f"{uploads.get('uploaded_files', 0)} files"]],
+        )  # fmt: skip
     return 0
 
 
@@ -540,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("umount", cmd_umount, "unmount, after everything written is safe in the store")
     p.add_argument("mountpoint")
     p.add_argument("--no-wait", action="store_true", help="do not wait for uploads to finish")
+    p.add_argument(
+        "--timeout", type=float, default=600, help="seconds to wait for uploads (default 600)"
+    )
 
     p = add("init", cmd_init, "create a compute pod from a template")
     p.add_argument("pod")
