@@ -10,8 +10,10 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -450,3 +452,57 @@ def test_outside_changes_show_within_a_second(fs: Mount, pod: Path) -> None:
     while time.monotonic() < deadline and "new-outside" in os.listdir(pod):
         time.sleep(0.05)
     assert "new-outside" not in os.listdir(pod)
+
+
+# -- permissions -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A directory other users can traverse (pytest's own are private)."""
+    path = Path(tempfile.mkdtemp(prefix="sovrfs-perm-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_permissions_are_checked_for_other_users(open_tmp: Path) -> None:
+    """With allow_other, the kernel checks modes (default_permissions) for other users."""
+    mount = make_mount(open_tmp, "-o", "allow_other")
+    mount.start()
+    try:
+        os.chmod(mount.home, 0o700)
+        pod = mount.path / "perm"
+        pod.mkdir()
+        os.chmod(pod, 0o755)
+        (pod / "private").write_text("secret")
+        os.chmod(pod / "private", 0o600)
+        (pod / "public").write_text("hello")
+        os.chmod(pod / "public", 0o644)
+        assert as_nobody("cat", str(pod / "public")).stdout == "hello"
+        denied = as_nobody("cat", str(pod / "private"))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        denied = as_nobody("touch", str(pod / "new"))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    finally:
+        mount.stop()
+
+
+def test_mount_is_private_by_default(open_tmp: Path) -> None:
+    mount = make_mount(open_tmp)
+    mount.start()
+    try:
+        assert as_nobody("ls", str(open_tmp)).returncode == 0  # the way there is open
+        denied = as_nobody("ls", str(mount.path))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    finally:
+        mount.stop()
