@@ -142,14 +142,13 @@ class ReadFile(Virtual):
         return BytesHandle(await self.render())
 
 
-class TriggerFile(Virtual):
-    """Acts when opened for writing; reading shows what it does."""
+class _ActionFile(Virtual):
+    """A control file that acts on writes; reading it shows what it does."""
 
     mode = 0o644
 
-    def __init__(self, action: Callable[[], Awaitable[object]], help_text: str) -> None:
+    def __init__(self, help_text: str) -> None:
         super().__init__()
-        self.action = action
         self.help = help_text.encode()
 
     async def getattr(self) -> Attr:
@@ -157,9 +156,23 @@ class TriggerFile(Virtual):
 
     async def open(self, flags: int) -> VHandle:
         if flags & (os.O_WRONLY | os.O_RDWR):
-            await self.action()
-            return _SinkHandle()
+            return await self._open_for_writing()
         return BytesHandle(self.help)
+
+    async def _open_for_writing(self) -> VHandle:
+        raise NotImplementedError
+
+
+class TriggerFile(_ActionFile):
+    """Acts when opened for writing, so the open itself reports a refusal."""
+
+    def __init__(self, action: Callable[[], Awaitable[object]], help_text: str) -> None:
+        super().__init__(help_text)
+        self.action = action
+
+    async def _open_for_writing(self) -> VHandle:
+        await self.action()
+        return _SinkHandle()
 
 
 class _SinkHandle(VHandle):
@@ -169,23 +182,15 @@ class _SinkHandle(VHandle):
         return len(data)
 
 
-class InputFile(Virtual):
+class InputFile(_ActionFile):
     """Acts on each line written to it (``echo REF > .sovr/fork``)."""
 
-    mode = 0o644
-
     def __init__(self, action: Callable[[str], Awaitable[None]], help_text: str) -> None:
-        super().__init__()
+        super().__init__(help_text)
         self.action = action
-        self.help = help_text.encode()
 
-    async def getattr(self) -> Attr:
-        return self._attr(len(self.help))
-
-    async def open(self, flags: int) -> VHandle:
-        if flags & (os.O_WRONLY | os.O_RDWR):
-            return _LineHandle(self.action)
-        return BytesHandle(self.help)
+    async def _open_for_writing(self) -> VHandle:
+        return _LineHandle(self.action)
 
 
 class _LineHandle(VHandle):

@@ -20,13 +20,14 @@ FUSE layer can drop the kernel's cached entries for those paths.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
 import os
 import shutil
 import stat as stat_mod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,15 @@ from .base import (
 log = logging.getLogger(__name__)
 
 _META_DIR = ".sovrfs"
+
+
+@contextlib.contextmanager
+def _local_errors() -> Iterator[None]:
+    """Turn the local disk's ``OSError`` into the matching pod-store error."""
+    try:
+        yield
+    except OSError as exc:
+        raise from_os_error(exc) from exc
 
 
 def attr_from_stat(st: os.stat_result) -> Attr:
@@ -94,11 +104,9 @@ class EmbeddedStore(PodStore):
     # -- lifecycle -------------------------------------------------------
 
     async def start(self) -> None:
-        try:
+        with _local_errors():
             self.root.mkdir(parents=True, exist_ok=True)
             self.snapshots_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise from_os_error(exc) from exc
         if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
             raise from_os_error(
                 PermissionError(errno.EACCES, f"store directory {self.root} is not writable")
@@ -195,14 +203,12 @@ class EmbeddedStore(PodStore):
     # -- pods ------------------------------------------------------------
 
     async def list_pods(self) -> list[PodInfo]:
-        try:
+        with _local_errors():
             names = sorted(
                 e.name
                 for e in os.scandir(self.root)
                 if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
             )
-        except OSError as exc:
-            raise from_os_error(exc) from exc
         return [PodInfo(n) for n in names]
 
     async def create_pod(self, pod: str) -> None:
@@ -219,10 +225,8 @@ class EmbeddedStore(PodStore):
         # Move aside first so the pod vanishes at once even if deleting a
         # big tree takes a while.
         doomed = self.root / _META_DIR / f"deleting-{pod}-{os.getpid()}-{id(self)}"
-        try:
+        with _local_errors():
             os.rename(local, doomed)
-        except OSError as exc:
-            raise from_os_error(exc) from exc
         await trio.to_thread.run_sync(shutil.rmtree, doomed, True)
 
     async def rename_pod(self, old: str, new: str) -> None:
@@ -231,73 +235,58 @@ class EmbeddedStore(PodStore):
         dst = os.path.join(self.root, new)
         if os.path.lexists(dst):
             raise AlreadyExists(f"pod {new!r} already exists")
-        try:
+        with _local_errors():
             os.rename(src, dst)
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     # -- the tree --------------------------------------------------------
 
     async def stat(self, pod: str, path: str) -> Attr:
         local = self.local_path(pod, path)
-        try:
+        with _local_errors():
             st = os.lstat(local)
-        except OSError as exc:
-            raise from_os_error(exc) from exc
         return attr_from_stat(st)
 
     async def listdir(self, pod: str, path: str) -> list[tuple[str, Attr]]:
         local = self.local_path(pod, path)
         out = []
-        try:
-            with os.scandir(local) as it:
-                for entry in it:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue  # removed while listing
-                    out.append((entry.name, attr_from_stat(st)))
-        except OSError as exc:
-            raise from_os_error(exc) from exc
+        with _local_errors(), os.scandir(local) as it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while listing
+                out.append((entry.name, attr_from_stat(st)))
         out.sort(key=lambda item: item[0])
         return out
 
     async def mkdir(self, pod: str, path: str, mode: int) -> Attr:
         local = self.local_path(pod, path)
-        try:
+        with _local_errors():
             os.mkdir(local, mode)
             return attr_from_stat(os.lstat(local))
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def rmdir(self, pod: str, path: str) -> None:
         if normalize(path) == "/":
             raise InvalidName("cannot remove a pod's root directory")
-        try:
+        with _local_errors():
             os.rmdir(self.local_path(pod, path))
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def unlink(self, pod: str, path: str) -> None:
-        try:
+        with _local_errors():
             os.unlink(self.local_path(pod, path))
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def rename(self, pod: str, old: str, new: str, *, replace: bool = True) -> None:
         src = self.local_path(pod, old)
         dst = self.local_path(pod, new)
-        try:
+        with _local_errors():
             if replace:
                 os.rename(src, dst)
             else:
                 _rename_noreplace(src, dst)
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def setattr(self, pod: str, path: str, changes: SetAttr) -> Attr:
         local = self.local_path(pod, path)
-        try:
+        with _local_errors():
             if changes.size is not None:
                 os.truncate(local, changes.size)
             if changes.mode is not None:
@@ -315,55 +304,39 @@ class EmbeddedStore(PodStore):
                 mtime = st.st_mtime_ns if changes.mtime_ns is None else changes.mtime_ns
                 os.utime(local, ns=(atime, mtime), follow_symlinks=False)
             return attr_from_stat(os.lstat(local))
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def symlink(self, pod: str, path: str, target: str) -> Attr:
         local = self.local_path(pod, path)
-        try:
+        with _local_errors():
             os.symlink(target, local)
             return attr_from_stat(os.lstat(local))
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def readlink(self, pod: str, path: str) -> str:
-        try:
+        with _local_errors():
             return os.readlink(self.local_path(pod, path))
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def link(self, pod: str, existing: str, new: str) -> Attr:
         src = self.local_path(pod, existing)
         dst = self.local_path(pod, new)
-        try:
+        with _local_errors():
             os.link(src, dst, follow_symlinks=False)
             return attr_from_stat(os.lstat(dst))
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def getxattr(self, pod: str, path: str, name: str) -> bytes:
-        try:
+        with _local_errors():
             return os.getxattr(self.local_path(pod, path), name, follow_symlinks=False)
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def setxattr(self, pod: str, path: str, name: str, value: bytes) -> None:
-        try:
+        with _local_errors():
             os.setxattr(self.local_path(pod, path), name, value, follow_symlinks=False)
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def listxattr(self, pod: str, path: str) -> list[str]:
-        try:
+        with _local_errors():
             return os.listxattr(self.local_path(pod, path), follow_symlinks=False)
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def removexattr(self, pod: str, path: str, name: str) -> None:
-        try:
+        with _local_errors():
             os.removexattr(self.local_path(pod, path), name, follow_symlinks=False)
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def statfs(self) -> StatFs:
         st = os.statvfs(self.root)
@@ -393,16 +366,12 @@ class EmbeddedStore(PodStore):
             raise from_os_error(exc) from exc
 
     async def close_file(self, pod: str, path: str, fd: int, *, written: bool) -> None:
-        try:
+        with _local_errors():
             os.close(fd)
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     async def fsync_file(self, pod: str, path: str, fd: int, *, written: bool) -> None:
-        try:
+        with _local_errors():
             await trio.to_thread.run_sync(os.fsync, fd)
-        except OSError as exc:
-            raise from_os_error(exc) from exc
 
     # -- sharing ---------------------------------------------------------
 
