@@ -35,6 +35,7 @@ from sovrfs.control import Controller
 from sovrfs.fs import MountOptions, Operations
 from sovrfs.runs import RunEngine
 from sovrfs.store.base import PodStore
+from sovrfs.store.dfs import DfsStore
 from sovrfs.store.embedded import EmbeddedStore
 
 T = TypeVar("T")
@@ -72,6 +73,31 @@ def recipe(name: str, exec_: str = "python3 script/run.py", **extra: Any) -> dic
     }
     doc.update(extra)
     return doc
+
+
+def forks_keep_modes(store: PodStore) -> bool:
+    """Whether a fork of a shared pod keeps the permission bits of its entries.
+
+    FairOS-DFS forks on the server, and its fork gives every entry the
+    server's default mode (files 0600, directories 0700); the content and the
+    tree are kept (docs/fairos-dfs.rst).
+    """
+    return store.kind != "fairos-dfs"
+
+
+def shares_are_snapshots(store: PodStore) -> bool:
+    """Whether sharing a pod again after a change gives a new reference.
+
+    The embedded store shares a snapshot, so each share has its own
+    reference. FairOS-DFS gives a pod one reference for good, and a fork of
+    it copies the pod as it is when forked.
+    """
+    return store.kind != "fairos-dfs"
+
+
+def without_modes(tree: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`listing` with the permission bits left out: kind and content only."""
+    return {rel: (entry[0], *entry[2:]) for rel, entry in tree.items()}
 
 
 def trigger(path: Path) -> None:
@@ -173,10 +199,15 @@ def _open_store(request: pytest.FixtureRequest, tmp: Path) -> PodStore:
     kind = request.param
     if kind == "embedded":
         return EmbeddedStore(tmp / "store")
+    if kind == "dfs":
+        user = request.getfixturevalue("dfs_user")
+        # The cache sits in the test's directory, as the daemon's sits in the
+        # XDG cache home; tests that watch that directory leave it out.
+        return DfsStore(user.url, user.username, user.password, tmp / "dfs-cache")
     raise AssertionError(f"unknown store kind {kind}")
 
 
-@pytest.fixture(params=["embedded"])
+@pytest.fixture(params=["embedded", pytest.param("dfs", marks=pytest.mark.dfs)])
 async def proto(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Proto]:
     """A store mounted in-process at ``tmp_path/mnt`` with App, engine and protocol serving."""
     store = _open_store(request, tmp_path)

@@ -172,12 +172,20 @@ def _link_member(name: str) -> zipfile.ZipInfo:
 
 def outside_listing(env: Proto) -> dict[str, object]:
     """Everything in the test's directory except the payload target and the store's
-    own snapshots (forking the cache pod is expected to write there)."""
+    own state (forking the cache pod is expected to write snapshots, and
+    FairOS-DFS keeps its cached copies and journal in ``dfs-cache``), plus the
+    victim pod as the mount shows it, where an escaping member would land on
+    a store that keeps no directory tree of its own."""
 
     def skip(rel: str) -> bool:
-        return rel in ("mnt", "state", "store/.sovrfs") or rel == "store/victim/payload/external"
+        return rel in ("mnt", "state", "store/.sovrfs", "dfs-cache") or rel == (
+            "store/victim/payload/external"
+        )
 
-    return listing(env.tmp, skip)
+    outside = listing(env.tmp, skip)
+    pod = listing(env.pod("victim"), lambda rel: rel in (".sovr", "payload/external"))
+    outside.update({f"mnt/victim/{rel}": entry for rel, entry in pod.items()})
+    return outside
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
@@ -216,6 +224,14 @@ async def test_symlinks_are_never_followed(proto: Proto) -> None:
 
     # A shared pod whose payload is a link to the host's files.
     await env.make_pod("linker", None, {"real.txt": "r"})
+    if "symlink" not in env.store.features:
+        # No link can be made in such a store, so none can be followed.
+        with pytest.raises(OSError) as refused:
+            await env.fs(os.symlink, str(outside / "secret.txt"), env.pod("linker") / "data.txt")
+        assert refused.value.errno == errno.EOPNOTSUPP
+        assert not await env.fs(os.path.lexists, env.pod("linker") / "data.txt")
+        assert sorted(os.listdir(outside)) == ["secret.txt"]
+        return
     await env.fs(os.symlink, str(outside / "secret.txt"), env.pod("linker") / "data.txt")
     ref = await env.store.share_pod("linker")
     doc = await consumer(env, "reader", [{"ref": ref, "data": "/data.txt"}])

@@ -12,7 +12,17 @@ import trio
 
 from sovrfs.errors import AlreadyExists, InvalidName, NotFound, RecipeError
 from sovrfs.recipe import is_sharing_ref
-from tests.test_protocol_env import WATCHDOG_RENAME_RACE, Proto, listing, proto, recipe, trigger
+from tests.test_protocol_env import (
+    WATCHDOG_RENAME_RACE,
+    Proto,
+    forks_keep_modes,
+    listing,
+    proto,
+    recipe,
+    shares_are_snapshots,
+    trigger,
+    without_modes,
+)
 
 __all__ = ["proto"]
 
@@ -71,10 +81,13 @@ async def test_persist_share_fork_round_trip(proto: Proto) -> None:
     assert name == "alpha-fork"
     original = await env.fs(listing, root, no_control)
     forked = await env.fs(listing, env.pod(name), no_control)
-    assert forked == original
-    assert forked["script/run.py"][1] == 0o755
-    assert forked["notes.txt"][1] == 0o600
-    assert forked["payload/deep"][1] == 0o750
+    assert original["script/run.py"][1] == 0o755
+    assert original["notes.txt"][1] == 0o600
+    assert original["payload/deep"][1] == 0o750
+    if forks_keep_modes(env.store):
+        assert forked == original
+    else:
+        assert without_modes(forked) == without_modes(original)
     # Control files are virtual: nothing of them was stored or shared.
     assert ".sovr" not in [n for n, _ in await env.store.listdir(name, "/")]
     forked_marks = json.loads((env.tmp / "state" / "forked.json").read_text())
@@ -83,7 +96,11 @@ async def test_persist_share_fork_round_trip(proto: Proto) -> None:
     # Never overwrite: the next clash gets -fork-2; an explicit name is used as given.
     assert await env.protocol.fork(result.ref) == "alpha-fork-2"
     assert await env.protocol.fork(f"{result.ref.upper()} beta") == "beta"
-    assert await env.fs(listing, env.pod("beta"), no_control) == original
+    beta = await env.fs(listing, env.pod("beta"), no_control)
+    if forks_keep_modes(env.store):
+        assert beta == original
+    else:
+        assert without_modes(beta) == without_modes(original)
 
 
 async def test_control_files_persist_and_fork(proto: Proto) -> None:
@@ -203,7 +220,11 @@ async def test_output_share(proto: Proto) -> None:
     assert entry["output"] == {"pod": "gamma-output", "refs": [result.output_ref]}
     copy = await env.protocol.fork(f"{result.output_ref} gamma-results")
     results = await env.fs(listing, root / "output" / "results")
-    assert await env.fs(listing, env.pod(copy)) == results
+    copied = await env.fs(listing, env.pod(copy))
+    if forks_keep_modes(env.store):
+        assert copied == results
+    else:
+        assert without_modes(copied) == without_modes(results)
     assert "scratch.txt" not in await env.fs(os.listdir, env.pod(copy))
 
     # Persist again after the output changed: the output pod follows it.
@@ -214,8 +235,14 @@ async def test_output_share(proto: Proto) -> None:
     await env.fs(change)
     again = await env.protocol.persist("gamma")
     assert again.output_pod == "gamma-output"
-    assert again.output_ref != result.output_ref
+    if shares_are_snapshots(env.store):
+        assert again.output_ref != result.output_ref
+    else:
+        assert again.output_ref == result.output_ref
     assert sorted(await env.fs(os.listdir, env.pod("gamma-output"))) == ["new.txt", "run.bin"]
+    # Whatever the reference, a fork of the new one has the new output.
+    later = await env.protocol.fork(f"{again.output_ref} gamma-later")
+    assert sorted(await env.fs(os.listdir, env.pod(later))) == ["new.txt", "run.bin"]
 
 
 async def test_output_share_refusals(proto: Proto) -> None:

@@ -16,7 +16,8 @@ Files are written to a temporary name in the target directory and renamed
 over the old one, so a reader never sees half a file, and a copy keeps the
 source's permission bits and modification time. That is what makes the
 quick check of :func:`same_file` (same size, same modification time) a fair
-test of "already there", as rsync uses it.
+test of "already there", as rsync uses it; where a store cannot keep the
+time, the bytes are compared instead.
 """
 
 from __future__ import annotations
@@ -120,17 +121,41 @@ def tree_size(src: str, exclude: Filter | None = None) -> tuple[int, int]:
     return files, nbytes
 
 
-def same_file(src_st: os.stat_result, dst: str) -> bool:
-    """Whether ``dst`` is a regular file that looks like the one ``src_st`` describes."""
+def same_file(src: str, src_st: os.stat_result, dst: str) -> bool:
+    """Whether ``dst`` is a regular file holding what the file ``src`` holds.
+
+    Same size and modification time count as the same, as rsync's quick check
+    does. A store that cannot set modification times (FairOS-DFS keeps the
+    server's) never passes that check after a copy, so a file of the same size
+    but another time is compared byte for byte instead of copied again.
+    """
     try:
         dst_st = os.lstat(dst)
     except FileNotFoundError:
         return False
-    return (
-        stat.S_ISREG(dst_st.st_mode)
-        and dst_st.st_size == src_st.st_size
-        and dst_st.st_mtime_ns == src_st.st_mtime_ns
-    )
+    if not stat.S_ISREG(dst_st.st_mode) or dst_st.st_size != src_st.st_size:
+        return False
+    if dst_st.st_mtime_ns == src_st.st_mtime_ns:
+        return True
+    if not _same_bytes(src, dst):
+        return False
+    # A store that keeps times takes the source's, so the quick check holds next time.
+    os.utime(dst, ns=(src_st.st_atime_ns, src_st.st_mtime_ns))
+    return True
+
+
+def _same_bytes(one: str, two: str) -> bool:
+    with open(one, "rb", opener=_open_nofollow) as a, open(two, "rb", opener=_open_nofollow) as b:
+        while True:
+            chunk = a.read(_CHUNK)
+            if chunk != b.read(_CHUNK):
+                return False
+            if not chunk:
+                return True
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 def remove(path: str) -> None:
@@ -200,7 +225,7 @@ def place(
     """
     src_st = os.lstat(src)
     if stat.S_ISREG(src_st.st_mode):
-        if same_file(src_st, dst):
+        if same_file(src, src_st, dst):
             _fix_mode(dst, src_st)
             if op is not None:
                 op.add(files=1, nbytes=src_st.st_size)

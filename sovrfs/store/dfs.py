@@ -42,7 +42,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,21 @@ def _needs_rename(name: str) -> bool:
     # Multipart filenames with `"`, `\` or control characters arrive altered
     # (`"` -> `%22`): such files are uploaded under a plain name and renamed.
     return any(ch in '"\\' or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name)
+
+
+@contextlib.contextmanager
+def _unknown_ref(ref: str) -> Iterator[None]:
+    """Turn the server's answer for a reference nobody shared into ``NotFound``.
+
+    The server answers HTTP 500 with ``<call>: Not Found`` when no pod is
+    shared under ``ref``; every other failure passes unchanged.
+    """
+    try:
+        yield
+    except PodStoreError as exc:
+        if type(exc) is not PodStoreError or not str(exc).endswith(": Not Found"):
+            raise
+        raise NotFound(f"no pod is shared as {ref}") from exc
 
 
 def _attr_of(entry: Entry) -> Attr:
@@ -977,10 +992,13 @@ class DfsStore(PodStore):
     async def fork_pod(self, ref: str, new_pod: str) -> None:
         ref = check_sharing_ref(ref)
         check_pod_name(new_pod)
-        await self.client.pod_fork_from_reference(ref, new_pod)
+        with _unknown_ref(ref):
+            await self.client.pod_fork_from_reference(ref, new_pod)
 
     async def shared_pod_name(self, ref: str) -> str:
-        info = await self.client.pod_receiveinfo(check_sharing_ref(ref))
+        ref = check_sharing_ref(ref)
+        with _unknown_ref(ref):
+            info = await self.client.pod_receiveinfo(ref)
         return str(info["podName"])
 
     async def sync(self, pod: str | None = None) -> None:
