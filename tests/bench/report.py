@@ -178,28 +178,37 @@ def target_lines(bench: Bench) -> list[tuple[str, str, str]]:
         detail = "; ".join(f"{r.phase} {r.size}: {c.detail}" for r, c in seq)
         name = f"sequential write and read at least {SEQUENTIAL_MIN_VS_PLAIN}x the plain disk"
         out.append((name, _all([c for _, c in seq if not c.met]), detail))
-    if bench.latency:
+    if bench.latency or bench.latency_errors:
         detail = "; ".join(f"{x.runs} runs: {x.to_start[0] * 1000:.1f} ms" for x in bench.latency)
-        late = [x for x in bench.latency if not latency_met(x)]
+        late: list[object] = [x for x in bench.latency if not latency_met(x)]
+        late += bench.latency_errors
+        if bench.latency_errors:
+            detail += f" ({len(bench.latency_errors)} measurement(s) failed)"
         out.append((f"run start p50 under {RUN_START_P50_MAX * 1000:.0f} ms", _all(late), detail))
-    if bench.memory:
+    if bench.memory or bench.memory_errors:
         detail = "; ".join(f"{m.files:,} files: {m.hwm_mib:.1f} MiB" for m in bench.memory)
-        largest = max(bench.memory, key=lambda m: m.files)
-        result = verdict(largest.hwm_mib < MEMORY_MAX_MIB)
-        if largest.files < MEMORY_TARGET_FILES:
-            result = f"not measured (largest pod {largest.files:,} files)"
+        largest = max(bench.memory, key=lambda m: m.files, default=None)
+        result = "not measured"
+        if largest is not None:
+            result = verdict(largest.hwm_mib < MEMORY_MAX_MIB)
+            if largest.files < MEMORY_TARGET_FILES:
+                result = f"not measured (largest pod {largest.files:,} files)"
         name = f"daemon peak memory under {MEMORY_MAX_MIB:.0f} MiB at {MEMORY_TARGET_FILES:,} files"
+        if bench.memory_errors:
+            result = verdict(False)
+            detail += f" ({len(bench.memory_errors)} measurement(s) failed)"
         out.append((name, result, detail))
     return out
 
 
 def failure_lines(bench: Bench) -> list[str]:
-    return [
+    lines = [
         f"{target}, {row.workload} {row.size}, {row.phase}: {why}"
         for row in bench.results
         for target, whys in row.failures.items()
         for why in whys
     ]
+    return lines + [f"sovrfs, {why}" for why in bench.latency_errors + bench.memory_errors]
 
 
 def _all(misses: Sequence[object]) -> str:
@@ -408,6 +417,7 @@ def plot_memory(memory: list[Memory], path: Path) -> None:
     ax.bar(x - 0.2, [m.rss_mounted_mib for m in memory], 0.4, label="after mount", color="#7a7a7a")
     ax.bar(x + 0.2, [m.hwm_mib for m in memory], 0.4, label="peak", color=COLORS["sovrfs"])
     ax.axhline(MEMORY_MAX_MIB, color="black", linewidth=0.8, label="150 MiB target")
+    ax.set_ylim(0, max([MEMORY_MAX_MIB, *(m.hwm_mib for m in memory)]) * 1.2)
     ax.set_xticks(x, [f"{m.files:,} files" for m in memory])
     ax.set_ylabel("MiB resident")
     ax.set_title("sovrfs daemon memory serving one pod")

@@ -74,6 +74,9 @@ class Bench:
     results: Results = dataclasses.field(default_factory=Results)
     latency: list[engine.Latency] = dataclasses.field(default_factory=list)
     memory: list[engine.Memory] = dataclasses.field(default_factory=list)
+    #: Run-latency and memory measurements that failed, and why.
+    latency_errors: list[str] = dataclasses.field(default_factory=list)
+    memory_errors: list[str] = dataclasses.field(default_factory=list)
     facts: dict[str, str] = dataclasses.field(default_factory=dict)
     tarballs: list[workloads.Tarball] = dataclasses.field(default_factory=list)
     started: float = dataclasses.field(default_factory=time.monotonic)
@@ -127,7 +130,9 @@ def machine_facts(root: Path, args: argparse.Namespace) -> dict[str, str]:
         "CPUs": f"{os.cpu_count()} ({model})",
         "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
         "kernel": platform.release(),
-        "disk": first_line(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", str(root)])
+        "disk": " ".join(
+            first_line(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", str(root)]).split()
+        )
         + f" at {root.parent}",
         "Python": platform.python_version(),
         "sovrfs": f"{__version__}, {checkout()}",
@@ -238,7 +243,12 @@ def run(bench: Bench) -> None:
     mount = start_sovrfs(bench.root / "runs")
     try:
         for count in bench.sizes.latency_runs:
-            latency = engine.run_latency(mount, count)
+            try:
+                latency = engine.run_latency(mount, count)
+            except (RuntimeError, OSError) as exc:
+                bench.latency_errors.append(f"run latency over {count} runs: {exc}")
+                bench.say(f"[red]run latency over {count} runs FAILED: {exc}[/red]")
+                continue
             bench.latency.append(latency)
             bench.say(
                 f"run latency over {count} runs: start p50 {latency.to_start[0] * 1000:.1f} ms, "
@@ -247,7 +257,12 @@ def run(bench: Bench) -> None:
     finally:
         mount.umount()
     for files in bench.sizes.memory_files:
-        memory = engine.memory(bench.root / f"memory-{files}", files)
+        try:
+            memory = engine.memory(bench.root / f"memory-{files}", files)
+        except (RuntimeError, OSError) as exc:
+            bench.memory_errors.append(f"memory with {files:,} files: {exc}")
+            bench.say(f"[red]memory with {files:,} files FAILED: {exc}[/red]")
+            continue
         bench.memory.append(memory)
         bench.say(f"memory with {files} files: peak {memory.hwm_mib:.1f} MiB")
     bench.facts["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
