@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import errno
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 import pytest
@@ -15,6 +18,8 @@ from tests.support.dfs import DfsServer, DfsUser, signup
 from tests.support.mount import Mount, make_mount, wait_until
 
 pytestmark = [pytest.mark.dfs, pytest.mark.mount]
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -133,3 +138,111 @@ def test_no_secret_in_logs_status_or_argv(dmount: Mount, user: DfsUser) -> None:
                 continue
     # The run's environment does not carry the store's password either.
     assert b"SOVRFS_DFS_PASSWORD" not in (pod / ".sovr" / "log").read_bytes()
+
+
+# -- faults ------------------------------------------------------------------
+
+#: The request timeout the fault tests give the daemon (seconds).
+REQUEST_TIMEOUT = 5
+#: How long a call that needs a frozen server may take before the test gives
+#: up on it: the timeout, a login retry and the kernel's queueing.
+FAILS_WITHIN = 4 * REQUEST_TIMEOUT + 10
+
+
+def fault_mount(tmp_path: Path, user: DfsUser) -> Mount:
+    return make_mount(
+        tmp_path,
+        "--dfs",
+        user.url,
+        "--user",
+        user.username,
+        env={
+            "SOVRFS_DFS_PASSWORD": user.password,
+            "SOVRFS_DFS_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
+        },
+    )
+
+
+def bounded(fn: Callable[[], T], timeout: float = FAILS_WITHIN) -> T:
+    """Run a blocking file call in a thread; fail (not hang) if it does not return.
+
+    A call stuck in the kernel cannot be interrupted, so its thread is left
+    behind; the daemon's own teardown releases it.
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return pool.submit(fn).result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise AssertionError(f"{fn} did not return within {timeout} s") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def errno_of(fn: Callable[[], object]) -> int:
+    def call() -> int:
+        try:
+            fn()
+        except OSError as exc:
+            return exc.errno or 0
+        return 0
+
+    return bounded(call)
+
+
+def queue(mount: Mount) -> dict[str, Any]:
+    status: dict[str, Any] = mount.status()["store"]["upload_queue"]
+    return status
+
+
+def open_for_writing(pod: Path, names: list[str]) -> list[BinaryIO]:
+    """Create the files while the server answers; their content comes later."""
+    return [open(pod / name, "wb") for name in names]
+
+
+def test_frozen_server_keeps_the_cache_and_queues_uploads(
+    tmp_path: Path, user: DfsUser, dfs_faults: DfsServer
+) -> None:
+    mount = fault_mount(tmp_path, user)
+    mount.start()
+    try:
+        pod = mount.path / "frozen"
+        pod.mkdir()
+        (pod / "cached.txt").write_text("read me while the server sleeps")
+        wait_until(lambda: queue(mount)["files"] == 0, timeout=60)
+        assert (pod / "cached.txt").read_text() == "read me while the server sleeps"
+        contents = {f"q{i}": os.urandom(10_000 + i) for i in range(4)}
+        handles = open_for_writing(pod, list(contents))
+
+        dfs_faults.pause()
+        try:
+            for fh, data in zip(handles, contents.values(), strict=True):
+                fh.write(data)
+                fh.close()
+            # Cached files stay readable, the queue shows what waits and why.
+            text = bounded(lambda: (pod / "cached.txt").read_text())
+            assert text == "read me while the server sleeps"
+            assert bounded(lambda: (pod / "q0").read_bytes()) == contents["q0"]
+            waiting = wait_until(
+                lambda: (q := queue(mount))["retries"] >= 1 and q["last_error"] and q,
+                timeout=FAILS_WITHIN,
+            )
+            assert waiting["files"] == len(contents)
+            assert waiting["bytes"] == sum(len(d) for d in contents.values())
+            assert waiting["last_error"]
+            # What needs the server fails with EIO instead of hanging.
+            assert errno_of(lambda: (mount.path / "new-pod").mkdir()) == errno.EIO
+            # Long after the listings' lifetime, cached files are still there.
+            text = bounded(lambda: (pod / "cached.txt").read_text())
+            assert text == "read me while the server sleeps"
+            assert bounded(lambda: (pod / "q1").read_bytes()) == contents["q1"]
+            assert queue(mount)["files"] == len(contents)
+        finally:
+            dfs_faults.resume()
+
+        wait_until(lambda: queue(mount)["files"] == 0, timeout=120)
+        assert queue(mount)["last_error"] is None
+        for name, data in contents.items():
+            assert server_file(user, "frozen", f"/{name}") == data
+        mount.umount()
+    finally:
+        mount.stop()

@@ -93,6 +93,9 @@ RESERVED_NAME = "index.dfs"
 SERVER_FILE_MODE = 0o600
 #: Mode the server gives every new directory.
 SERVER_DIR_MODE = 0o700
+#: Seconds after a call found the server unreachable during which cached
+#: listings are served without asking it again.
+OFFLINE_GRACE = 10.0
 #: The server reports mode 0 for a pod's root directory; this is shown instead.
 ROOT_MODE = 0o755
 _TEMP_PREFIX = ".sovrfs-tmp-"
@@ -192,6 +195,8 @@ class DfsStore(PodStore):
         #: change is used once but never cached.
         self._listing_epoch = 0
         self._roots: dict[str, tuple[float, Attr]] = {}
+        #: Until when the server counts as unreachable after a call timed out.
+        self._offline_until = 0.0
         self._shared: set[str] = set()
         self._pod_locks: dict[str, trio.Lock] = collections.defaultdict(trio.Lock)
         self._open_locks: dict[tuple[str, str], trio.Lock] = collections.defaultdict(trio.Lock)
@@ -499,9 +504,20 @@ class DfsStore(PodStore):
         self._forget_tree(pod, "/")
         self._roots.pop(pod, None)
 
+    def _unreachable(self) -> bool:
+        """Whether the server failed to answer a moment ago (stale metadata is served)."""
+        return time.monotonic() < self._offline_until
+
+    def _went_unreachable(self, what: str) -> None:
+        # Without this every lookup of a cached file would wait the whole
+        # request timeout again before falling back to the cache.
+        if not self._unreachable():
+            log.warning("server unreachable; serving %s and other metadata from the cache", what)
+        self._offline_until = time.monotonic() + OFFLINE_GRACE
+
     async def _remote_listing(self, pod: str, path: str) -> dict[str, Entry]:
         cached = self._listings.get((pod, path))
-        if cached is not None and cached[0] > time.monotonic():
+        if cached is not None and (cached[0] > time.monotonic() or self._unreachable()):
             return cached[1]
         epoch = self._listing_epoch
         try:
@@ -509,11 +525,12 @@ class DfsStore(PodStore):
         except StoreUnavailable:
             if cached is None:
                 raise
-            log.warning("server unreachable; listing %s:%s from the cache", pod, path)
+            self._went_unreachable(f"the listing of {pod}:{path}")
             return cached[1]
         except NotFound:
             self._forget_dir(pod, path)
             raise
+        self._offline_until = 0.0
         listing = {e.name: e for e in entries if e.name != RESERVED_NAME}
         if epoch == self._listing_epoch:
             # Cached only if nothing changed while the request was under way.
@@ -596,9 +613,16 @@ class DfsStore(PodStore):
 
     async def _root_attr(self, pod: str) -> Attr:
         cached = self._roots.get(pod)
-        if cached is not None and cached[0] > time.monotonic():
+        if cached is not None and (cached[0] > time.monotonic() or self._unreachable()):
             return cached[1]
-        info = await self.client.dir_stat(pod, "/")
+        try:
+            info = await self.client.dir_stat(pod, "/")
+        except StoreUnavailable:
+            if cached is None:
+                raise
+            self._went_unreachable(f"pod {pod}")
+            return cached[1]
+        self._offline_until = 0.0
         seconds = [int(info.get(k) or 0) for k in ("modificationTime", "creationTime")]
         attr = Attr(
             kind=Kind.DIR,
