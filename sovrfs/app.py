@@ -269,9 +269,11 @@ class App:
                 pod, _, path = item.partition("\0")
                 await self._consider_autorun(pod, path, nursery)
 
+    def recipe_changed(self, pod: str) -> None:
+        """The pod's recipe file was written, replaced or removed."""
+        self._autorun.pop(pod, None)
+
     async def _consider_autorun(self, pod: str, path: str, nursery: trio.Nursery) -> None:
-        if path.endswith(".recipe") and path.count("/") == 1:
-            self._autorun.pop(pod, None)
         state = self._autorun.get(pod)
         if state is None:
             try:
@@ -279,8 +281,11 @@ class App:
             except (SovrError, OSError):
                 return
             if not isinstance(recipe, Recipe) or recipe.sovr.autorun is None:
-                return
-            state = _Autorun(autorun_matcher(recipe), recipe.sovr.autorun.debounce)
+                # Remembered too, so saves in pods without auto-run cost
+                # nothing until the recipe changes.
+                state = _Autorun(None, 0.0)
+            else:
+                state = _Autorun(autorun_matcher(recipe), recipe.sovr.autorun.debounce)
             self._autorun[pod] = state
         if state.matcher is None or not state.matcher(path.lstrip("/")):
             return

@@ -404,6 +404,7 @@ class Controller:
         """Something in ``pod`` changed at ``path`` (by this mount or from outside)."""
         if path.count("/") == 1 and path.endswith(".recipe"):
             self._compute.pop(pod, None)
+            self.app.recipe_changed(pod)
 
     def file_saved(self, pod: str, path: str) -> None:
         """A file was written and closed through the mount (auto-run hook)."""

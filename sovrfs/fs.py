@@ -22,6 +22,7 @@ import errno
 import functools
 import logging
 import os
+import posixpath
 import stat as stat_mod
 import time
 from collections.abc import Callable, Coroutine
@@ -427,6 +428,10 @@ class Operations(pyfuse3.Operations):
             await self.store.rename(pod, old_path, new_path, replace=replace)
             self._changed(pod, old_path)
             self._changed(pod, new_path)
+            moved = old_parent.children.get(old)
+            if moved is not None and moved.kind is Kind.FILE:
+                # An editor's atomic save ends with this rename: it is a save.
+                self.controller.file_saved(pod, new_path)
         self.inodes.move(old_parent, old, new_parent, new)
 
     async def _rename_pod(self, old: str, new: str, *, replace: bool) -> None:
@@ -552,6 +557,10 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(b"user."):
+            # `ls -l` asks every file for its SELinux label and ACL; pods keep
+            # user attributes only, and capabilities must never pass through.
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         node = self.inodes.get(inode)
         text = os.fsdecode(name)
         if node.parent is self.inodes.root and node.pod is not None:
@@ -575,7 +584,7 @@ class Operations(pyfuse3.Operations):
             names.extend(await self.controller.pod_xattr_names(node.pod))
         if node.virtual is None and node is not self.inodes.root:
             pod, path = self.inodes.locate(node)
-            names.extend(await self.store.listxattr(pod, path))
+            names.extend(n for n in await self.store.listxattr(pod, path) if n.startswith("user."))
         return [os.fsencode(n) for n in names]
 
     @_errors
@@ -745,19 +754,23 @@ class Operations(pyfuse3.Operations):
                 self._invalidate_soon(child.ino)
 
     def _changed(self, pod: str, path: str) -> None:
-        """Record a change this mount made, and tell the controller."""
+        """Record a change this mount made, and tell the controller.
+
+        The store reports the change back, and also a change of the parent
+        directory (its entries changed); neither needs the kernel told.
+        """
         now = time.monotonic()
         if len(self._own_changes) > 10000:
             self._own_changes = {k: t for k, t in self._own_changes.items() if now - t < 2}
         self._own_changes[(pod, path)] = now
+        self._own_changes[(pod, posixpath.dirname(path) or "/")] = now
         self.controller.tree_changed(pod, path)
 
-    def _is_echo(self, change: Change, node: Node | None) -> bool:
+    def _is_echo(self, pod: str, path: str, node: Node | None) -> bool:
         """Whether a reported change is the echo of this mount's own work."""
         if node is not None and node.open_count:
             return True
-        assert change.path is not None
-        when = self._own_changes.get((change.pod, change.path))
+        when = self._own_changes.get((pod, path))
         return when is not None and time.monotonic() - when < 2.0
 
     async def _invalidate_inode(self, ino: int) -> None:
@@ -770,26 +783,44 @@ class Operations(pyfuse3.Operations):
                 log.debug("invalidate_inode(%s): %s", ino, exc)
 
     async def apply_change(self, change: Change) -> None:
-        """A store path changed behind the mount's back: drop what the kernel cached."""
+        """A store path changed behind the mount's back: drop what the kernel cached.
+
+        Directory entries are invalidated only when the name now stands for
+        something else (created, removed, replaced). Invalidating the entry of
+        a directory that is still there would detach it in the kernel, and a
+        process working in it would find its working directory gone.
+        """
         if change.pod == "":
             return
-        if change.path is None:
-            self._root_mtime_ns = time.time_ns()
-            await self._invalidate_inode(self.inodes.root.ino)
-            self._invalidate_entry(self.inodes.root, change.pod)
+        path = change.path or "/"
+        node = self.inodes.find(change.pod, path)
+        if self._is_echo(change.pod, path, node):
             return
-        parent_path, _, name = change.path.rpartition("/")
-        parent = self.inodes.find(change.pod, parent_path or "/")
-        node = self.inodes.find(change.pod, change.path)
-        if self._is_echo(change, node):
-            return
+        try:
+            attr: Attr | None = await self.store.stat(change.pod, path)
+        except SovrError:
+            attr = None
         if node is not None:
             self._versions.pop(node.ino, None)
             await self._invalidate_inode(node.ino)
-        if parent is not None:
-            await self._invalidate_inode(parent.ino)
-            self._invalidate_entry(parent, name)
-        self.controller.tree_changed(change.pod, change.path, external=True)
+        replaced = (
+            node is None
+            or attr is None
+            or attr.kind is not node.kind
+            or (attr.identity is not None and node.identity not in (None, attr.identity))
+        )
+        if replaced:
+            if path == "/":
+                self._root_mtime_ns = time.time_ns()
+                await self._invalidate_inode(self.inodes.root.ino)
+                self._invalidate_entry(self.inodes.root, change.pod)
+            else:
+                parent_path, _, name = path.rpartition("/")
+                parent = self.inodes.find(change.pod, parent_path or "/")
+                if parent is not None:
+                    await self._invalidate_inode(parent.ino)
+                    self._invalidate_entry(parent, name)
+        self.controller.tree_changed(change.pod, path, external=True)
 
     def _invalidate_entry(self, parent: Node, name: str) -> None:
         try:
