@@ -309,6 +309,7 @@ class Daemon:
         # Ready only once the mount answers: stat it from a thread, which the
         # FUSE loop (this very thread) serves.
         await trio.to_thread.run_sync(os.stat, self.mountpoint)
+        _raise_readahead(Path(self.mountpoint))
         self.state = MountState.MOUNTED
         log.info("mounted %s (%s store)", self.mountpoint, self.store.kind)
         notify.ready(f"serving {self.mountpoint}")
@@ -330,6 +331,23 @@ class Daemon:
             await self.golem.aclose()
         self.state = MountState.STOPPED
         log.info("stopped serving %s", self.mountpoint)
+
+
+#: Readahead for the mount, in KiB. The kernel's default for FUSE (128 KiB)
+#: makes every sequential read a round trip through the daemon per 128 KiB;
+#: 1 MiB requests read about four times faster here (see docs/bench.rst).
+READ_AHEAD_KB = 1024
+
+
+def _raise_readahead(mountpoint: Path) -> None:
+    """Let the kernel read ahead in large requests (root only; best effort)."""
+    entry = mount_entry(mountpoint)
+    if entry is None:
+        return
+    try:
+        Path(f"/sys/class/bdi/{entry[1]}/read_ahead_kb").write_text(f"{READ_AHEAD_KB}\n")
+    except OSError as exc:
+        log.debug("readahead left at the kernel's default: %s", exc)
 
 
 def _safe_name(raw: str) -> str:
