@@ -59,6 +59,7 @@ docs: venv
 bench: deps dfs-server
 	$(MAKE) system-deps APT_PACKAGES="$(BENCH_PACKAGES)"
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+	$(BIN)/python -m tests.bench.dfs $(filter --quick,$(BENCH_ARGS))
 
 # The FairOS-DFS server, built once from its Go module through the small
 # wrapper module in tests/dfs_server (upstream's go.mod has a replace line, so
