@@ -246,3 +246,55 @@ def test_frozen_server_keeps_the_cache_and_queues_uploads(
         mount.umount()
     finally:
         mount.stop()
+
+
+def signup_again(user: DfsUser) -> None:
+    """Sign the same user up on a server that lost it: same name, same password."""
+    response = httpx.post(
+        user.url + "/v2/user/signup",
+        json={"userName": user.username, "password": user.password},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    token = response.json()["accessToken"]
+    httpx.post(
+        user.url + "/v1/user/logout", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
+def test_server_restart_logs_in_again_and_uploads_the_queue(
+    tmp_path: Path, user: DfsUser, dfs_faults: DfsServer
+) -> None:
+    mount = fault_mount(tmp_path, user)
+    mount.start()
+    try:
+        pod = mount.path / "again"
+        pod.mkdir()
+        (pod / "before.txt").write_text("uploaded before the restart")
+        wait_until(lambda: queue(mount)["files"] == 0, timeout=60)
+        data = os.urandom(50_000)
+        (fh,) = open_for_writing(pod, ["after.bin"])
+
+        dfs_faults.stop()
+        fh.write(data)
+        fh.close()
+        waiting = wait_until(
+            lambda: (q := queue(mount))["retries"] >= 1 and q["last_error"] and q,
+            timeout=FAILS_WITHIN,
+        )
+        assert waiting["files"] == 1 and waiting["bytes"] == len(data)
+        # The copy is still readable while the server is gone.
+        assert bounded(lambda: (pod / "after.bin").read_bytes()) == data
+
+        dfs_faults.start()
+        signup_again(user)
+        # The new server has no pod: made again through the mount (a new login).
+        bounded(lambda: mount.cli("refresh", "again", check=False))
+        wait_until(lambda: "again" not in os.listdir(mount.path), timeout=FAILS_WITHIN)
+        bounded(lambda: pod.mkdir())
+        wait_until(lambda: queue(mount)["files"] == 0, timeout=120)
+        assert server_file(user, "again", "/after.bin") == data
+        assert (pod / "after.bin").read_bytes() == data
+        mount.umount()
+    finally:
+        mount.stop()

@@ -464,6 +464,18 @@ class DfsStore(PodStore):
     async def create_pod(self, pod: str) -> None:
         check_pod_name(pod)
         await self.client.pod_new(pod)
+        # Files queued for a pod the server lost (a restarted dev server
+        # forgets everything) gave up waiting; the pod is back, so try again.
+        retry = [
+            e
+            for e in self._cache.entries.values()
+            if e.pod == pod and e.dirty and not e.gone and e.next_try > time.monotonic()
+        ]
+        if retry:
+            log.info("pod %s is back: retrying %d queued uploads", pod, len(retry))
+            for entry in retry:
+                entry.next_try = 0.0
+            self._kick()
 
     async def delete_pod(self, pod: str) -> None:
         async with self._pod_locks[pod]:
