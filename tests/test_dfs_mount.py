@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import hashlib
 import json
 import os
+import random
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -295,6 +299,68 @@ def test_server_restart_logs_in_again_and_uploads_the_queue(
         wait_until(lambda: queue(mount)["files"] == 0, timeout=120)
         assert server_file(user, "again", "/after.bin") == data
         assert (pod / "after.bin").read_bytes() == data
+        mount.umount()
+    finally:
+        mount.stop()
+
+
+#: The writer of the kill -9 test: writes, fsyncs and closes files in a loop
+#: and records each name only after its fsync returned.
+WRITER = """
+import hashlib, os, sys
+pod, ack, prefix = sys.argv[1:4]
+with open(ack, "a") as log:
+    for i in range(100_000):
+        name = f"{prefix}-{i}"
+        data = hashlib.sha256(name.encode()).digest() * (1 + i % 50)
+        try:
+            fd = os.open(os.path.join(pod, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, data)
+            os.fsync(fd)
+        except OSError:
+            sys.exit(0)
+        log.write(name + "\\n")
+        log.flush()
+        try:
+            os.close(fd)
+        except OSError:
+            sys.exit(0)
+"""
+
+
+def expected_bytes(name: str) -> bytes:
+    i = int(name.rsplit("-", 1)[1])
+    return hashlib.sha256(name.encode()).digest() * (1 + i % 50)
+
+
+def test_kill_9_while_writing_loses_no_fsynced_file(tmp_path: Path, user: DfsUser) -> None:
+    mount = dfs_mount(tmp_path, user)
+    ack = tmp_path / "acknowledged.txt"
+    rng = random.Random()
+    mount.start()
+    try:
+        (mount.path / "crashy").mkdir()
+        for round_ in range(3):
+            if round_:
+                mount.remount()
+            writer = subprocess.Popen(
+                [sys.executable, "-c", WRITER, str(mount.path / "crashy"), str(ack), f"r{round_}"]
+            )
+            try:
+                wait_until(lambda: ack.exists() and ack.read_text().count("\n") > 0, timeout=60)
+                time.sleep(rng.uniform(0.1, 2.0))
+                mount.kill()
+                writer.wait(timeout=60)
+            finally:
+                if writer.poll() is None:
+                    writer.kill()
+                    writer.wait(timeout=10)
+        mount.remount()
+        names = ack.read_text().split()
+        assert {n.split("-")[0] for n in names} == {"r0", "r1", "r2"}
+        wait_until(lambda: queue(mount)["files"] == 0, timeout=120)
+        for name in names:
+            assert server_file(user, "crashy", f"/{name}") == expected_bytes(name), name
         mount.umount()
     finally:
         mount.stop()
