@@ -7,6 +7,7 @@ checked to fail cleanly with EOPNOTSUPP/EPERM instead.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -18,10 +19,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.dfs import DfsServer, signup
-from tests.support.mount import Mount, make_mount
+from tests.support.mount import Mount, make_mount, wait_until
 
 pytestmark = pytest.mark.mount
 
@@ -431,9 +433,74 @@ def test_tar_extract_cp_a_rsync_a(fs: Mount, pod: Path, tmp_path: Path) -> None:
 # -- the store behind the mount ----------------------------------------------------------
 
 
+@contextlib.contextmanager
+def other_session(fs: Mount) -> Iterator[httpx.Client]:
+    """A FairOS-DFS session of the mount's user that is not the daemon's."""
+    args = fs.extra_args
+    url, user = args[args.index("--dfs") + 1], args[args.index("--user") + 1]
+    with httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post(
+            "/v2/user/login", json={"userName": user, "password": fs.env["SOVRFS_DFS_PASSWORD"]}
+        )
+        assert response.status_code == 200, response.text
+        client.headers["Authorization"] = f"Bearer {response.json()['accessToken']}"
+        try:
+            yield client
+        finally:
+            client.post("/v1/user/logout")
+
+
+def outside_upload(other: httpx.Client, pod: str, name: str, data: bytes) -> None:
+    response = other.post(
+        "/v1/file/upload",
+        data={"podName": pod, "dirPath": "/", "blockSize": "1000000", "overwrite": "true"},
+        files={"files": (name, data)},
+    )
+    assert response.status_code == 200, response.text
+
+
+def outside_delete(other: httpx.Client, pod: str, path: str) -> None:
+    response = other.request("DELETE", "/v1/file/delete", json={"podName": pod, "filePath": path})
+    assert response.status_code == 200, response.text
+
+
+def check_outside_changes_after_refresh(fs: Mount, pod: Path) -> None:
+    """FairOS-DFS: a change made through another session shows after a refresh.
+
+    The server caches a pod's metadata per session and never tells one
+    session what another changed; ``sovrfs refresh POD`` (or a line written
+    to ``.sovr/refresh``) is how such changes show.
+    """
+    f = pod / "ext"
+    f.write_text("before")
+    assert f.read_text() == "before"
+    (pod / "doomed").write_text("removed from outside")
+    wait_until(lambda: fs.status()["store"]["upload_queue"]["files"] == 0, timeout=60)
+    assert sorted(os.listdir(pod)) == ["doomed", "ext"]
+
+    with other_session(fs) as other:
+        outside_upload(other, pod.name, "ext", b"after, and longer")
+        outside_upload(other, pod.name, "new-outside", b"n")
+        outside_delete(other, pod.name, "/doomed")
+    fs.cli("refresh", pod.name)
+    assert f.read_text() == "after, and longer"
+    assert (pod / "new-outside").read_text() == "n"
+    assert sorted(os.listdir(pod)) == ["ext", "new-outside"]
+    assert not (pod / "doomed").exists()
+
+    # The root control file does the same.
+    with other_session(fs) as other:
+        outside_delete(other, pod.name, "/new-outside")
+        outside_upload(other, pod.name, "ext", b"third")
+    (fs.path / ".sovr" / "refresh").write_text(pod.name + "\n")
+    assert sorted(os.listdir(pod)) == ["ext"]
+    assert f.read_text() == "third"
+
+
 def test_outside_changes_show_within_a_second(fs: Mount, pod: Path) -> None:
-    if fs.status()["store"]["kind"] != "embedded":
-        pytest.xfail("only the embedded store has a directory to change from outside")
+    if fs.status()["store"]["kind"] == "fairos-dfs":
+        check_outside_changes_after_refresh(fs, pod)
+        return
     f = pod / "ext"
     f.write_text("before")
     assert f.read_text() == "before"
