@@ -276,15 +276,14 @@ class App:
     async def _consider_autorun(self, pod: str, path: str, nursery: trio.Nursery) -> None:
         state = self._autorun.get(pod)
         if state is None:
+            # Pods without a (valid) recipe or without auto-run are remembered
+            # too, so their saves cost nothing until the recipe changes.
+            state = _Autorun(None, 0.0)
             try:
                 _, recipe = await self.load_recipe(pod)
             except (SovrError, OSError):
-                return
-            if not isinstance(recipe, Recipe) or recipe.sovr.autorun is None:
-                # Remembered too, so saves in pods without auto-run cost
-                # nothing until the recipe changes.
-                state = _Autorun(None, 0.0)
-            else:
+                recipe = None
+            if isinstance(recipe, Recipe) and recipe.sovr.autorun is not None:
                 state = _Autorun(autorun_matcher(recipe), recipe.sovr.autorun.debounce)
             self._autorun[pod] = state
         if state.matcher is None or not state.matcher(path.lstrip("/")):
