@@ -125,6 +125,7 @@ class EmbeddedStore(PodStore):
         return {"kind": self.kind, "path": str(self.root), "watching": self._observer is not None}
 
     def _start_watching(self) -> None:
+        from watchdog import events
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
         from watchdog.observers import Observer
 
@@ -148,7 +149,19 @@ class EmbeddedStore(PodStore):
                             return
 
         observer = Observer()
-        observer.schedule(Handler(), str(self.root), recursive=True)
+        # Only what changes names or finished contents. Opens, reads and each
+        # single write (the mount's own among them) would cost an event each;
+        # attribute changes show once the kernel's one-second cache expires.
+        watched = [
+            events.FileCreatedEvent,
+            events.DirCreatedEvent,
+            events.FileDeletedEvent,
+            events.DirDeletedEvent,
+            events.FileMovedEvent,
+            events.DirMovedEvent,
+            events.FileClosedEvent,
+        ]
+        observer.schedule(Handler(), str(self.root), recursive=True, event_filter=watched)
         observer.daemon = True
         observer.start()
         self._observer = observer
