@@ -359,8 +359,20 @@ class App:
 
     async def refresh(self, pod: str | None = None) -> None:
         await self.store.refresh(pod)
-        if self.operations is not None:
-            await self.operations.apply_change(Change(pod or "", None))
+        if self.operations is None:
+            return
+        await self.operations.apply_change(Change(pod or "", None))
+        # The kernel keeps the attributes and pages of every file it has
+        # seen, and a file this mount wrote a moment ago looks like an echo of
+        # its own work: each known entry of the pod is checked again.
+        known: list[tuple[str, str]] = []
+        for node in list(self.operations.inodes):
+            if node.virtual is not None or node.pod is None or pod not in (None, node.pod):
+                continue
+            with contextlib.suppress(NotFound):
+                known.append(self.operations.inodes.locate(node))
+        for name, path in sorted(known):
+            await self.operations.apply_change(Change(name, path), explicit=True)
 
     async def refresh_from_control(self, line: str) -> None:
         pod = line.strip()

@@ -782,19 +782,21 @@ class Operations(pyfuse3.Operations):
             if exc.errno != errno.ENOENT:
                 log.debug("invalidate_inode(%s): %s", ino, exc)
 
-    async def apply_change(self, change: Change) -> None:
+    async def apply_change(self, change: Change, *, explicit: bool = False) -> None:
         """A store path changed behind the mount's back: drop what the kernel cached.
 
         Directory entries are invalidated only when the name now stands for
         something else (created, removed, replaced). Invalidating the entry of
         a directory that is still there would detach it in the kernel, and a
         process working in it would find its working directory gone.
+        ``explicit`` (a refresh the user asked for) applies the change even
+        where it looks like the echo of this mount's own recent work.
         """
         if change.pod == "":
             return
         path = change.path or "/"
         node = self.inodes.find(change.pod, path)
-        if self._is_echo(change.pod, path, node):
+        if not explicit and self._is_echo(change.pod, path, node):
             return
         try:
             attr: Attr | None = await self.store.stat(change.pod, path)
