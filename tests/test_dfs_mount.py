@@ -347,7 +347,9 @@ def test_kill_9_while_writing_loses_no_fsynced_file(tmp_path: Path, user: DfsUse
                 [sys.executable, "-c", WRITER, str(mount.path / "crashy"), str(ack), f"r{round_}"]
             )
             try:
-                wait_until(lambda: ack.exists() and ack.read_text().count("\n") > 0, timeout=60)
+                # This round's writer must have had a file acknowledged first.
+                tag = f"r{round_}-"
+                wait_until(lambda tag=tag: ack.exists() and tag in ack.read_text(), timeout=60)
                 time.sleep(rng.uniform(0.1, 2.0))
                 mount.kill()
                 writer.wait(timeout=60)
