@@ -455,7 +455,10 @@ class App:
         )
         task = self.protocol.task_status(pod)
         if task is not None:
+            # A task pod runs nothing itself: its state is the task's.
             data["task"] = task
+            if record is None:
+                data.update(state=task["state"], reason=task.get("reason"))
         if pod in self.last_persist:
             data["persist"] = self.last_persist[pod]
         return _json_bytes(data)
