@@ -293,7 +293,7 @@ def render_rst(bench: Bench) -> str:
     facts = bench.facts
     lines = section("Results")
     lines += [
-        f"Measured on {facts['date']} with ``{facts['command']}`` "
+        f"Measured on {facts['date']} with ``{facts['command'].strip()}`` "
         f"({facts['sizes']} sizes, each figure the median of {bench.args.repeat} rounds). "
         "To measure again on your machine::",
         "",
