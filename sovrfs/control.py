@@ -410,6 +410,10 @@ class Controller:
         """A file was written and closed through the mount (auto-run hook)."""
         self.app.file_saved(pod, path)
 
+    def check_idle(self, pod: str) -> None:
+        """Refuse (EBUSY) to remove or rename a pod that has a queued or running run."""
+        self.app.check_idle(pod)
+
     async def pod_removed(self, pod: str) -> None:
         self._compute.pop(pod, None)
         self._pod_dirs.pop(pod, None)

@@ -297,7 +297,7 @@ class Operations(pyfuse3.Operations):
             entries = await self.store.listdir(text, "/")
             if entries:
                 raise NotEmpty(f"pod {text} is not empty")
-            self.controller.app.check_idle(text)
+            self.controller.check_idle(text)
             await self.controller.pod_removed(text)
             await self.store.delete_pod(text)
             self._root_mtime_ns = time.time_ns()
@@ -438,7 +438,7 @@ class Operations(pyfuse3.Operations):
         check_pod_name(new)
         if old == CONTROL_DIR or new == CONTROL_DIR:
             raise PermissionDenied("the control directory cannot be renamed")
-        self.controller.app.check_idle(old)
+        self.controller.check_idle(old)
         pods = {info.name for info in await self.store.list_pods()}
         if new in pods:
             if not replace:
