@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import json
 import logging
 import os
@@ -142,6 +143,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return _mount_in_background(args, mountpoint)
     setup_logging(args.debug or config.mount.debug)
     logging.getLogger("watchdog").setLevel(logging.INFO)
+    # A crash below Python (libfuse, a C extension) leaves the mount dead with
+    # nothing in the log; this puts every thread's stack there instead.
+    faulthandler.enable()
     note = check_mountpoint(mountpoint, pid_file_for(config.state_dir, mountpoint))
     if note:
         print(f"sovrfs: {note}", file=sys.stderr)

@@ -295,7 +295,8 @@ class DfsStore(PodStore):
         known: set[str] = set()
         for pod, path, fid, dirty, mode, rsize, rmtime in rows:
             entry = CachedFile(pod, path, fid, mode, remote_size=rsize, remote_mtime=rmtime)
-            if not self._cache.local_path(entry).exists():
+            size = self._cache.size_of(entry) if self._cache.local_path(entry).exists() else None
+            if size is None:
                 if dirty:
                     log.error(
                         "cached copy of dirty %s:%s is missing; its changes are lost", pod, path
@@ -305,7 +306,7 @@ class DfsStore(PodStore):
             if dirty:
                 entry.generation = 1
                 entry.journal_dirty = True
-            self._cache.entries[(pod, path)] = entry
+            self._cache.add(entry, size)
             known.add(fid)
         # Copies without a row are downloads a crash interrupted.
         await trio.to_thread.run_sync(self._remove_strays, known)
@@ -422,7 +423,8 @@ class DfsStore(PodStore):
         entry.remote_size, entry.remote_mtime = size, None
         self._uploads_done += 1
         self._bytes_uploaded += size
-        self._forget_dir(entry.pod, parent)
+        self._cache.resize(entry, size)
+        self._list_upload(entry, size)
         log.debug("uploaded %s:%s (%d bytes)", entry.pod, entry.path, size)
         if not entry.dirty and not entry.writers:
             await self._journal.put(entry, dirty=False)
@@ -443,7 +445,7 @@ class DfsStore(PodStore):
         for entry in self._cache.evictable():
             if total <= self._cache.limit:
                 break
-            total -= self._cache.size_of(entry)
+            total -= entry.local_bytes
             self._cache.drop_local(entry)
             await self._journal.remove(entry.pod, entry.path)
             log.debug("evicted %s:%s from the cache", entry.pod, entry.path)
@@ -505,6 +507,24 @@ class DfsStore(PodStore):
     def _forget_dir(self, pod: str, path: str) -> None:
         self._listing_epoch += 1
         self._listings.pop((pod, path), None)
+
+    def _list_upload(self, entry: CachedFile, size: int) -> None:
+        """Put a finished upload into the cached listing of its directory.
+
+        Dropping that listing instead would make the next lookup there list
+        the whole directory again: during a copy of many files into one
+        directory, every create would wait for a listing that grows with
+        the copy.
+        """
+        self._listing_epoch += 1  # a listing under way may predate the upload
+        parent, name = split(entry.path)
+        cached = self._listings.get((entry.pod, parent))
+        if cached is None:
+            return
+        now = int(time.time())
+        old = cached[1].get(name)
+        created = old.ctime if old is not None and not old.is_dir else now
+        cached[1][name] = Entry(name, False, entry.mode, size, created, now, now)
 
     def _forget_tree(self, pod: str, path: str) -> None:
         self._listing_epoch += 1
@@ -576,9 +596,9 @@ class DfsStore(PodStore):
 
     def _overlay(self, pod: str, path: str) -> Iterable[tuple[str, CachedFile]]:
         """Local copies in directory ``path`` whose content the server does not have yet."""
-        for (epod, epath), entry in self._cache.entries.items():
-            if epod == pod and split(epath)[0] == path and (entry.dirty or entry.writers):
-                yield split(epath)[1], entry
+        for name, entry in self._cache.in_dir(pod, path):
+            if entry.dirty or entry.writers:
+                yield name, entry
 
     async def listdir(self, pod: str, path: str) -> list[tuple[str, Attr]]:
         path = normalize(path)
@@ -599,9 +619,8 @@ class DfsStore(PodStore):
         # The server's listing is best effort: under load it leaves out
         # entries whose metadata it failed to fetch. A file this store wrote
         # and has not removed still exists, so it is listed from the cache.
-        for (epod, epath), cached in list(self._cache.entries.items()):
-            parent, name = split(epath)
-            if epod == pod and parent == path and name not in attrs and not cached.gone:
+        for name, cached in self._cache.in_dir(pod, path):
+            if name not in attrs and not cached.gone:
                 attrs[name] = self._local_attr(cached)
         return sorted(attrs.items())
 
@@ -809,17 +828,15 @@ class DfsStore(PodStore):
 
     def _rekey(self, pod: str, old: str, new: str, *, tree: bool) -> list[tuple[str, str]]:
         moved = []
-        for (epod, epath), entry in self._cache.entries.items():
-            if epod != pod:
-                continue
-            if epath == old:
-                moved.append((epath, new, entry))
-            elif tree and epath.startswith(old + "/"):
-                moved.append((epath, new + epath[len(old) :], entry))
-        for before, after, entry in moved:
-            del self._cache.entries[(pod, before)]
-            entry.path = after
-            self._cache.entries[(pod, after)] = entry
+        single = self._cache.entries.get((pod, old))
+        if single is not None:
+            moved.append((old, new, single))
+        if tree:
+            for (epod, epath), entry in self._cache.entries.items():
+                if epod == pod and epath.startswith(old + "/"):
+                    moved.append((epath, new + epath[len(old) :], entry))
+        for _, after, entry in moved:
+            self._cache.move(entry, after)
         return [(before, after) for before, after, _ in moved]
 
     async def setattr(self, pod: str, path: str, changes: SetAttr) -> Attr:
@@ -943,7 +960,7 @@ class DfsStore(PodStore):
         local = self._cache.local_path(entry)
         await trio.to_thread.run_sync(local.write_bytes, b"")
         entry.touch_content()
-        self._cache.entries[(pod, path)] = entry
+        self._cache.add(entry, 0)
         await self._journal.put(entry, dirty=True)
         self._kick()
         return entry
@@ -961,7 +978,7 @@ class DfsStore(PodStore):
             raise
         entry.remote_size = size
         entry.remote_mtime = remote.mtime if remote is not None else None
-        self._cache.entries[(pod, path)] = entry
+        self._cache.add(entry, size)
         await self._journal.put(entry, dirty=False)
         log.debug("downloaded %s:%s (%d bytes)", pod, path, size)
         return entry
@@ -975,6 +992,8 @@ class DfsStore(PodStore):
     async def close_file(self, pod: str, path: str, fd: int, *, written: bool) -> None:
         entry, writing = self._take_fd(fd)
         del self._fds[fd]
+        if writing:
+            self._cache.resize(entry, os.fstat(fd).st_size)
         os.close(fd)
         entry.opens -= 1
         entry.writers -= writing

@@ -3,10 +3,13 @@
 Every file the store has downloaded or written lives as one local file under
 ``<cache>/files/``; a small SQLite database, ``<cache>/journal.sqlite3``, says
 which pod path each copy holds, whether it still has to be uploaded, and which
-size and mtime the server had when the copy matched it. The database is
-written with ``synchronous=FULL`` before a write is acknowledged, so after a
-crash (``kill -9``) a new store finds every dirty copy and uploads it: no
-repair tool, no lost acknowledged write.
+size and mtime the server had when the copy matched it. A row is committed
+before the write it covers is acknowledged, so after a crash of the daemon
+(``kill -9``) a new store finds every dirty copy and uploads it: no repair
+tool, no lost acknowledged write. The database runs in WAL mode with
+``synchronous=NORMAL``: a commit survives the daemon's crash at once and a
+power cut once the WAL is synced; ``fsync()`` on a file does not depend on
+it, since it uploads the file before it returns.
 
 An entry is *dirty* while the journal row says so: from the moment a file is
 opened for writing until an upload of its final content succeeded. A file
@@ -71,6 +74,8 @@ class CachedFile:
     uploaded_digest: str | None = None
     #: Set once the file was unlinked or its pod deleted: never upload again.
     gone: bool = False
+    #: Size of the local copy as last seen (when it was written, closed or uploaded).
+    local_bytes: int = 0
 
     @property
     def dirty(self) -> bool:
@@ -108,7 +113,7 @@ class Journal:
         def _open() -> list[tuple[str, str, str, int, int, int | None, int | None]]:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
             self._db = db
             return list(
@@ -154,13 +159,21 @@ class Journal:
 
 
 class FileCache:
-    """The directory of cached copies: names, sizes and eviction."""
+    """The directory of cached copies: names, sizes and eviction.
+
+    Entries are indexed by their directory, and the total size is kept as
+    copies change, so neither a listing nor a cache-limit check has to visit
+    every cached file.
+    """
 
     def __init__(self, root: Path, limit: int) -> None:
         self.root = root
         self.files = root / "files"
         self.limit = limit
+        #: (pod, path) -> copy; change it only through the methods below.
         self.entries: dict[tuple[str, str], CachedFile] = {}
+        self._by_dir: dict[tuple[str, str], dict[str, CachedFile]] = {}
+        self._bytes = 0
 
     def local_path(self, entry: CachedFile) -> Path:
         return self.files / entry.fid
@@ -168,14 +181,42 @@ class FileCache:
     def new_fid(self) -> str:
         return os.urandom(12).hex()
 
+    def add(self, entry: CachedFile, size: int) -> None:
+        """Record ``entry`` (its local copy holds ``size`` bytes)."""
+        old = self.entries.get((entry.pod, entry.path))
+        if old is not None:
+            self._forget(old)
+        self.entries[(entry.pod, entry.path)] = entry
+        parent, name = _split(entry.path)
+        self._by_dir.setdefault((entry.pod, parent), {})[name] = entry
+        entry.local_bytes = size
+        self._bytes += size
+
+    def resize(self, entry: CachedFile, size: int) -> None:
+        """The local copy of ``entry`` now holds ``size`` bytes."""
+        if self.entries.get((entry.pod, entry.path)) is entry:
+            self._bytes += size - entry.local_bytes
+        entry.local_bytes = size
+
+    def move(self, entry: CachedFile, path: str) -> None:
+        """``entry`` now stands for ``path`` in the same pod."""
+        self._forget(entry)
+        entry.path = path
+        self.add(entry, entry.local_bytes)
+
+    def in_dir(self, pod: str, path: str) -> list[tuple[str, CachedFile]]:
+        """The copies whose parent directory is ``path``."""
+        return list(self._by_dir.get((pod, path), {}).items())
+
     def size_of(self, entry: CachedFile) -> int:
+        """The size of the local copy on disk now (it may be open for writing)."""
         try:
             return self.local_path(entry).stat().st_size
         except FileNotFoundError:
             return 0
 
     def total_bytes(self) -> int:
-        return sum(self.size_of(e) for e in self.entries.values())
+        return self._bytes
 
     def evictable(self) -> list[CachedFile]:
         """Clean, closed copies, least recently used first."""
@@ -185,5 +226,21 @@ class FileCache:
         return sorted(found, key=lambda e: e.last_used)
 
     def drop_local(self, entry: CachedFile) -> None:
-        self.entries.pop((entry.pod, entry.path), None)
+        self._forget(entry)
         self.local_path(entry).unlink(missing_ok=True)
+
+    def _forget(self, entry: CachedFile) -> None:
+        if self.entries.get((entry.pod, entry.path)) is not entry:
+            return
+        del self.entries[(entry.pod, entry.path)]
+        parent, name = _split(entry.path)
+        siblings = self._by_dir.get((entry.pod, parent), {})
+        siblings.pop(name, None)
+        if not siblings:
+            self._by_dir.pop((entry.pod, parent), None)
+        self._bytes -= entry.local_bytes
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rpartition("/")
+    return parent or "/", name

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,12 @@ from typing import Any
 import pytest
 
 MOUNT_TIMEOUT = 60.0
+
+#: Lines of a dead daemon's log attached to a failing test's report.
+LOG_TAIL_LINES = 120
+
+#: Mounts started by tests, for the failure report below.
+_started: weakref.WeakSet[Mount] = weakref.WeakSet()
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
@@ -41,7 +48,7 @@ def force_unmount(path: Path) -> None:
     subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity (kept in a WeakSet)
 class Mount:
     """A running sovrfs mount and the daemon behind it."""
 
@@ -52,6 +59,8 @@ class Mount:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_file: Path | None = None
+    #: Set when the test itself stops or kills the daemon.
+    stopped_on_purpose: bool = False
 
     @property
     def state_dir(self) -> Path:
@@ -79,6 +88,8 @@ class Mount:
         with contextlib.suppress(FileExistsError):
             self.path.mkdir(parents=True)
         self.log_file = self.home / f"daemon-{int(time.time() * 1000)}.log"
+        self.stopped_on_purpose = False
+        _started.add(self)
         argv = [sys.executable, "-m", "sovrfs", "mount", str(self.path), "-f", "--debug"]
         argv += ["--store", str(self.store_dir), *self.extra_args]
         with open(self.log_file, "wb") as log_fh:
@@ -102,6 +113,15 @@ class Mount:
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file else ""
+
+    def died(self) -> bool:
+        """Whether the daemon exited without the test asking it to."""
+        return (
+            self.proc is not None and self.proc.poll() is not None and not self.stopped_on_purpose
+        )
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def status(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.path / ".sovr" / "status.json").read_text())
@@ -135,6 +155,7 @@ class Mount:
 
     def umount(self) -> None:
         """Unmount the way users do, and wait for the daemon to exit."""
+        self.stopped_on_purpose = True
         result = self.cli("umount", str(self.path), check=False)
         assert result.returncode == 0, result.stderr
         if self.proc is not None:
@@ -144,6 +165,7 @@ class Mount:
     def kill(self) -> None:
         """SIGKILL the daemon, as a crash would, leaving a dead mount point."""
         assert self.proc is not None
+        self.stopped_on_purpose = True
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
@@ -151,6 +173,7 @@ class Mount:
         self.start()
 
     def stop(self) -> None:
+        self.stopped_on_purpose = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -171,6 +194,27 @@ def make_mount(tmp_path: Path, *extra_args: str, env: dict[str, str] | None = No
         extra_args=list(extra_args),
         env=dict(env or {}),
     )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Attach the log of any daemon that died under a failing test.
+
+    A daemon that exits on its own leaves only "Transport endpoint is not
+    connected" in the test's output; its log says why.
+    """
+    report: pytest.TestReport = yield
+    if report.failed:
+        for mount in list(_started):
+            if mount.died():
+                assert mount.proc is not None
+                report.sections.append(
+                    (
+                        f"sovrfs daemon at {mount.path} exited {mount.proc.returncode}",
+                        mount.log_tail(),
+                    )
+                )
+    return report
 
 
 @pytest.fixture
