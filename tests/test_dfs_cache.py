@@ -61,3 +61,20 @@ def test_directory_index_follows_moves(tmp_path: Path) -> None:
     assert ("p", "/src/a") not in cache.entries
     assert cache.total_bytes() == 5
     assert cache.in_dir("p", "/nowhere") == []
+
+
+def test_queue_holds_changed_copies_until_clean_or_gone(tmp_path: Path) -> None:
+    cache = FileCache(tmp_path, limit=1 << 20)
+    cache.files.mkdir()
+    a = copy(cache, "/a", 1)
+    b = copy(cache, "/b", 1)
+    c = copy(cache, "/c", 1)
+    assert cache.queued() == []
+    for entry in (a, b, c):
+        cache.touch(entry)
+    assert cache.queued() == [a, b, c]
+    a.uploaded = a.generation  # uploaded
+    b.gone = True  # unlinked
+    assert cache.queued() == [c]
+    cache.touch(a)  # written again after its upload
+    assert cache.queued() == [c, a]

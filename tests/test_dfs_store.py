@@ -214,6 +214,41 @@ async def test_background_upload_and_drain_on_close(dfs_user: DfsUser, tmp_path:
     assert await remote_bytes(dfs_user, "p", "/drain", tmp_path) == b"drained"
 
 
+@pytest.mark.expect_warnings
+async def test_upload_worker_survives_its_own_failures(
+    dfs_user: DfsUser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wake-up time already past, or a bug in the loop, never ends the daemon.
+
+    The worker is a trio system task: anything escaping it would end the
+    whole process and leave a dead mount behind.
+    """
+    store = make_store(dfs_user, tmp_path / "cache", upload_delay=0.1)
+    due = store._due
+    calls = 0
+
+    def flaky_due() -> tuple[list[object], float]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return [], 0.0  # a wake-up time long past
+        if calls == 2:
+            raise RuntimeError("simulated bug in the upload loop")
+        return due()  # type: ignore[return-value]
+
+    monkeypatch.setattr(store, "_due", flaky_due)
+    await store.start()
+    await store.create_pod("p")
+    fd = await store.open_file("p", "/after", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, b"still uploaded")
+    await store.close_file("p", "/after", fd, written=True)
+    with trio.fail_after(WAIT):
+        await store.wait_uploaded()
+    await store.aclose()
+    assert calls > 2
+    assert await remote_bytes(dfs_user, "p", "/after", tmp_path) == b"still uploaded"
+
+
 async def test_download_is_cached_and_reused(
     store: DfsStore, dfs_user: DfsUser, tmp_path: Path
 ) -> None:

@@ -245,7 +245,7 @@ class DfsStore(PodStore):
             return
         self._state = "closing"
         if wait:
-            for entry in list(self._cache.entries.values()):
+            for entry in self._cache.queued():
                 if entry.dirty and not entry.gone:
                     try:
                         await self._upload(entry)
@@ -265,7 +265,7 @@ class DfsStore(PodStore):
         await self.client.aclose()
 
     def status(self) -> dict[str, Any]:
-        dirty = [e for e in self._cache.entries.values() if e.dirty and not e.gone]
+        dirty = self._cache.queued()
         errors = [e for e in dirty if e.error is not None]
         last_error = max(errors, key=lambda e: e.next_try, default=None)
         return {
@@ -303,10 +303,11 @@ class DfsStore(PodStore):
                     )
                 await self._journal.remove(pod, path)
                 continue
-            if dirty:
-                entry.generation = 1
-                entry.journal_dirty = True
             self._cache.add(entry, size)
+            if dirty:
+                entry.journal_dirty = True
+                self._cache.touch(entry)
+                entry.changed_at = 0.0  # changed before the crash: upload at once
             known.add(fid)
         # Copies without a row are downloads a crash interrupted.
         await trio.to_thread.run_sync(self._remove_strays, known)
@@ -320,17 +321,24 @@ class DfsStore(PodStore):
     # -- upload worker ---------------------------------------------------
 
     async def _run_worker(self) -> None:
+        # A system task: an exception escaping it would end the whole daemon
+        # and leave a dead mount, so a failure of the loop itself is logged
+        # and the loop started again.
         with trio.CancelScope() as scope:
             self._worker_scope = scope
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._upload_loop, name="dfs-upload")
+            while True:
+                try:
+                    await self._upload_loop()
+                except Exception:
+                    log.exception("the upload worker failed; restarting it in a second")
+                    await trio.sleep(1.0)
         self._worker_done.set()
 
     def _due(self) -> tuple[list[CachedFile], float]:
         now = time.monotonic()
         due, wake = [], math.inf
-        for entry in self._cache.entries.values():
-            if not entry.dirty or entry.gone or entry.writers:
+        for entry in self._cache.queued():
+            if entry.writers:
                 continue
             at = max(entry.changed_at + self.upload_delay, entry.next_try)
             if at <= now:
@@ -352,7 +360,8 @@ class DfsStore(PodStore):
             if due:
                 continue
             self._wakeup = trio.Event()
-            with trio.move_on_after(min(wake - time.monotonic(), 60.0)):
+            # ``wake`` may already have passed while the list was made.
+            with trio.move_on_after(max(0.0, min(wake - time.monotonic(), 60.0))):
                 await self._wakeup.wait()
 
     def _kick(self) -> None:
@@ -372,7 +381,7 @@ class DfsStore(PodStore):
 
         Unlike :meth:`sync` this uploads nothing itself; the caller bounds the wait.
         """
-        while any(e.dirty and not e.gone for e in self._cache.entries.values()):
+        while self._cache.queued():
             await self._progress.wait()
 
     async def _upload_locked(self, entry: CachedFile) -> None:
@@ -432,7 +441,7 @@ class DfsStore(PodStore):
 
     async def _flush(self, pod: str, prefix: str | None = None) -> None:
         """Upload dirty copies of ``pod`` (under directory ``prefix``); caller holds the lock."""
-        for entry in list(self._cache.entries.values()):
+        for entry in self._cache.queued():
             if entry.pod != pod or not entry.dirty or entry.gone:
                 continue
             if prefix is None or prefix == "/" or entry.path.startswith(prefix + "/"):
@@ -468,11 +477,7 @@ class DfsStore(PodStore):
         await self.client.pod_new(pod)
         # Files queued for a pod the server lost (a restarted dev server
         # forgets everything) gave up waiting; the pod is back, so try again.
-        retry = [
-            e
-            for e in self._cache.entries.values()
-            if e.pod == pod and e.dirty and not e.gone and e.next_try > time.monotonic()
-        ]
+        retry = [e for e in self._cache.queued() if e.pod == pod and e.next_try > time.monotonic()]
         if retry:
             log.info("pod %s is back: retrying %d queued uploads", pod, len(retry))
             for entry in retry:
@@ -910,7 +915,7 @@ class DfsStore(PodStore):
             )
             if writing and flags & os.O_TRUNC and os.fstat(fd).st_size:
                 os.ftruncate(fd, 0)
-                entry.touch_content()
+                self._cache.touch(entry)
         entry.opens += 1
         entry.writers += writing
         entry.last_used = time.monotonic()
@@ -959,7 +964,7 @@ class DfsStore(PodStore):
         entry = CachedFile(pod, path, self._cache.new_fid(), mode)
         local = self._cache.local_path(entry)
         await trio.to_thread.run_sync(local.write_bytes, b"")
-        entry.touch_content()
+        self._cache.touch(entry)
         self._cache.add(entry, 0)
         await self._journal.put(entry, dirty=True)
         self._kick()
@@ -1022,7 +1027,7 @@ class DfsStore(PodStore):
             digest = await trio.to_thread.run_sync(file_digest, local)
             if digest == entry.uploaded_digest:
                 return
-        entry.touch_content()
+        self._cache.touch(entry)
 
     async def fsync_file(self, pod: str, path: str, fd: int, *, written: bool) -> None:
         entry, _ = self._take_fd(fd)
@@ -1058,7 +1063,7 @@ class DfsStore(PodStore):
 
     async def sync(self, pod: str | None = None) -> None:
         failures: list[PodStoreError] = []
-        for entry in list(self._cache.entries.values()):
+        for entry in self._cache.queued():
             if entry.dirty and not entry.gone and pod in (None, entry.pod):
                 try:
                     await self._upload(entry)

@@ -174,6 +174,8 @@ class FileCache:
         self.entries: dict[tuple[str, str], CachedFile] = {}
         self._by_dir: dict[tuple[str, str], dict[str, CachedFile]] = {}
         self._bytes = 0
+        # Every copy changed since it was last known clean; pruned lazily.
+        self._changed: dict[CachedFile, None] = {}
 
     def local_path(self, entry: CachedFile) -> Path:
         return self.files / entry.fid
@@ -191,6 +193,17 @@ class FileCache:
         self._by_dir.setdefault((entry.pod, parent), {})[name] = entry
         entry.local_bytes = size
         self._bytes += size
+
+    def touch(self, entry: CachedFile) -> None:
+        """The local content of ``entry`` changed: it has to be uploaded."""
+        entry.touch_content()
+        self._changed[entry] = None
+
+    def queued(self) -> list[CachedFile]:
+        """The copies waiting for an upload, oldest change first."""
+        for entry in [e for e in self._changed if not e.dirty or e.gone]:
+            del self._changed[entry]
+        return list(self._changed)
 
     def resize(self, entry: CachedFile, size: int) -> None:
         """The local copy of ``entry`` now holds ``size`` bytes."""
