@@ -416,6 +416,31 @@ def test_autorun_matcher() -> None:
     assert autorun_matcher(parse_recipe(json.dumps(recipe()).encode())) is None  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("patterns", "path", "expected"),
+    [
+        (["script/**"], "script/run.py", True),
+        (["script/**"], "payload/script/x", False),
+        (["*.py"], "run.py", True),
+        (["*.py"], "script/run.py", False),
+        (["**/*.py"], "run.py", True),
+        (["**/*.py"], "script/util.pyc", False),
+        (["script/*.py"], "script/lib/util.py", False),
+        (["script/**/test_*.py"], "script/test_a.py", True),
+        (["script/**/test_*.py"], "script/a/b/test_a.py", True),
+        (["output/**", "*.md"], "README.md", True),
+        (["./script/**"], "/script/run.py", True),
+    ],
+)
+def test_autorun_patterns(patterns: list[str], path: str, expected: bool) -> None:
+    doc = recipe(sovr={"autorun": {"patterns": patterns}})
+    parsed = parse_recipe(json.dumps(doc).encode())
+    assert isinstance(parsed, Recipe)
+    matches = autorun_matcher(parsed)
+    assert matches is not None
+    assert matches(path) is expected
+
+
 # -- the original tool's bookkeeping ---------------------------------------------------
 
 
