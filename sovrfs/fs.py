@@ -128,9 +128,6 @@ class Operations(pyfuse3.Operations):
         self.inodes = InodeTable()
         self._handles: dict[int, FileHandle | VirtualHandle | DirHandle] = {}
         self._next_fh = 1
-        #: (size, mtime_ns) of each file when it was last opened, to decide
-        #: whether the kernel may keep its cached pages.
-        self._versions: dict[int, tuple[int, int]] = {}
         self._root_mtime_ns = time.time_ns()
         #: When the mount changed each (pod, path) itself; the store's change
         #: feed reports those changes too, and they need no invalidation.
@@ -617,9 +614,9 @@ class Operations(pyfuse3.Operations):
 
     def _file_info(self, fh: int, node: Node, attr: Attr | None) -> pyfuse3.FileInfo:
         version = (attr.size, attr.mtime_ns) if attr is not None else None
-        keep = version is not None and self._versions.get(node.ino) == version
+        keep = version is not None and node.version == version
         if version is not None:
-            self._versions[node.ino] = version
+            node.version = version
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=False)
 
     @_errors
@@ -733,7 +730,7 @@ class Operations(pyfuse3.Operations):
                 self._own_changes[(pod, path)] = time.monotonic()
                 attr = await self.store.stat(pod, path)
                 node.attr = attr
-                self._versions[node.ino] = (attr.size, attr.mtime_ns)
+                node.version = (attr.size, attr.mtime_ns)
         finally:
             if not node.open_count and not node.lookups:
                 self.inodes.forget(node.ino, 0)
@@ -803,7 +800,7 @@ class Operations(pyfuse3.Operations):
         except SovrError:
             attr = None
         if node is not None:
-            self._versions.pop(node.ino, None)
+            node.version = None
             await self._invalidate_inode(node.ino)
         replaced = (
             node is None

@@ -33,6 +33,22 @@ if TYPE_CHECKING:
     from .control import Virtual
 
 
+class _NoChildren(dict[str, "Node"]):
+    """The children of a node that is not a directory: always empty."""
+
+    def __setitem__(self, name: str, node: Node) -> None:
+        raise TypeError(f"{name!r}: only a directory node has children")
+
+    def setdefault(self, name: str, default: Node | None = None) -> Node:  # type: ignore[override]
+        raise TypeError(f"{name!r}: only a directory node has children")
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("only a directory node has children")
+
+
+_NO_CHILDREN = _NoChildren()
+
+
 class Node:
     """One inode known to the kernel (or about to be)."""
 
@@ -46,6 +62,7 @@ class Node:
         "names",
         "open_count",
         "pod",
+        "version",
         "virtual",
     )
 
@@ -66,10 +83,15 @@ class Node:
         self.identity = identity
         self.virtual = virtual
         self.names: list[tuple[Node, str]] = []
-        self.children: dict[str, Node] = {}
+        #: Entries by name; files and symlinks share one empty mapping that
+        #: refuses writes (most nodes are files, and each dict costs 64 bytes).
+        self.children: dict[str, Node] = {} if kind is Kind.DIR else _NO_CHILDREN
         self.lookups = 0
         self.open_count = 0
         self.attr: Attr | None = None
+        #: (size, mtime_ns) of a file when it was last opened or written, to
+        #: decide whether the kernel may keep its cached pages.
+        self.version: tuple[int, int] | None = None
 
     def __repr__(self) -> str:
         return f"<Node {self.ino} {self.pod}:{self.name}>"
