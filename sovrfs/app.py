@@ -309,8 +309,11 @@ class App:
             await self.engine.wait(pod, current.run_id)
         try:
             await self.start_run(pod, by_user=False)
-        except SovrError as exc:
+        except (SovrError, OSError) as exc:
             log.info("auto-run of %s not started: %s", pod, describe(exc))
+        except Exception:
+            # A task of the app's nursery: letting this out would unmount.
+            log.exception("auto-run of %s failed", pod)
 
     # -- forked pods never run on their own --------------------------------
 

@@ -778,6 +778,8 @@ class Operations(pyfuse3.Operations):
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 log.debug("invalidate_inode(%s): %s", ino, exc)
+        except Exception as exc:  # the session is gone during unmount
+            log.debug("invalidate_inode(%s): %s", ino, exc)
 
     async def apply_change(self, change: Change, *, explicit: bool = False) -> None:
         """A store path changed behind the mount's back: drop what the kernel cached.
@@ -830,7 +832,13 @@ class Operations(pyfuse3.Operations):
     async def serve_changes(self) -> None:
         """Follow the store's change feed until cancelled."""
         async for change in self.store.changes():
-            await self.apply_change(change)
+            try:
+                await self.apply_change(change)
+            except Exception:
+                # One change the mount failed to apply costs a stale cache
+                # entry for attr_timeout seconds; ending the feed would cost
+                # every later one.
+                log.exception("could not apply a change of %s:%s", change.pod, change.path)
 
     def stats(self) -> dict[str, Any]:
         return {"inodes": len(self.inodes), "open_handles": len(self._handles)}

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.bench.runner import checkout
 from tests.support.dfs import URL, DfsServer, DfsUser, ensure_binary, healthy, port_in_use, signup
 from tests.support.mount import Mount, make_mount, wait_until
 
@@ -232,6 +233,9 @@ def bench_throughput(mount: Mount, user: DfsUser, result: Result, mib: int, tmp:
 
 
 def rst(result: Result, quick: bool) -> str:
+    from sovrfs import __version__
+
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
         "",
         "FairOS-DFS through the mount",
@@ -242,6 +246,8 @@ def rst(result: Result, quick: bool) -> str:
         + (" --quick" if quick else "")
         + "`` (part of ``make bench``). Request counts come from the daemon's own "
         "client counters in ``.sovr/status.json``.",
+        "",
+        f":measured: {when}, sovrfs {__version__}, {checkout()}",
         "",
         ".. list-table::",
         "   :header-rows: 1",
