@@ -297,10 +297,11 @@ def render_rst(bench: Bench) -> str:
         f"({facts['sizes']} sizes, each figure the median of {bench.args.repeat} rounds). "
         "To measure again on your machine::",
         "",
-        "    make bench                         # full sizes, 10 to 15 minutes",
+        "    make bench                         # full sizes, 35 to 45 minutes",
         "    make bench BENCH_ARGS=--quick      # smaller sizes, a first look",
         "",
-        "Both rewrite this section and its plots.",
+        "Both rewrite this section and its plots; the FairOS-DFS part (about 25 "
+        "minutes of the full run) adds its own section at the end.",
         "",
     ]
     lines += [f":{key}: {rst_escape(value)}" for key, value in facts.items() if key != "command"]
