@@ -197,6 +197,41 @@ async def test_writes_are_local_until_uploaded(dfs_user: DfsUser, tmp_path: Path
         await store.aclose()
 
 
+async def test_uploads_keep_the_directory_listing(dfs_user: DfsUser, tmp_path: Path) -> None:
+    """Creating files while earlier ones upload does not list the directory again.
+
+    A finished upload goes into the cached listing of its directory, so a copy
+    of many files into one directory costs one listing, not one per file.
+    """
+    store = make_store(dfs_user, tmp_path / "cache", upload_delay=0.0, attr_ttl=60)
+    await store.start()
+    try:
+        await store.create_pod("p")
+        await store.mkdir("p", "/d", 0o700)
+        listings = 0
+        for i in range(12):
+            fd = await store.open_file("p", f"/d/f{i}", os.O_WRONLY | os.O_CREAT, 0o600)
+            os.write(fd, b"x" * i)
+            await store.close_file("p", f"/d/f{i}", fd, written=True)
+            if i == 0:  # the first create lists "/" and "/d"; none may follow
+                listings = store.client.requests["GET /v1/dir/ls"]
+            if i % 4 == 3:
+                with trio.fail_after(WAIT):
+                    await store.wait_uploaded()
+        with trio.fail_after(WAIT):
+            await store.wait_uploaded()
+        listed = dict(await store.listdir("p", "/d"))
+        assert sorted(listed) == sorted(f"f{i}" for i in range(12))
+        assert all(listed[f"f{i}"].size == i for i in range(12))
+        assert store.client.requests["GET /v1/dir/ls"] == listings
+        # What the cache says is what the server has.
+        await store.refresh("p")
+        remote = dict(await store.listdir("p", "/d"))
+        assert {n: a.size for n, a in remote.items()} == {n: a.size for n, a in listed.items()}
+    finally:
+        await store.aclose()
+
+
 async def test_background_upload_and_drain_on_close(dfs_user: DfsUser, tmp_path: Path) -> None:
     store = make_store(dfs_user, tmp_path / "cache", upload_delay=0.1)
     await store.start()
