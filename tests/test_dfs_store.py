@@ -57,6 +57,14 @@ async def remote_bytes(user: DfsUser, pod: str, path: str, tmp: Path) -> bytes:
     return await trio.Path(tmp / "check").read_bytes()
 
 
+async def write_file(store: DfsStore, path: str, data: bytes, mode: int = 0o644) -> None:
+    """Create (or truncate) ``path`` in pod ``p``, write ``data`` and close it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    fd = await store.open_file("p", path, flags, mode)
+    os.write(fd, data)
+    await store.close_file("p", path, fd, written=True)
+
+
 async def test_round_trip_of_every_method(
     store: DfsStore, dfs_user: DfsUser, tmp_path: Path
 ) -> None:
@@ -183,9 +191,7 @@ async def test_writes_are_local_until_uploaded(dfs_user: DfsUser, tmp_path: Path
     try:
         await store.create_pod("p")
         before = store.client.requests.total()
-        fd = await store.open_file("p", "/f", os.O_WRONLY | os.O_CREAT, 0o644)
-        os.write(fd, b"queued")
-        await store.close_file("p", "/f", fd, written=True)
+        await write_file(store, "/f", b"queued", 0o644)
         # Creating and writing took no request beyond the parent listing.
         assert store.client.requests.total() - before <= 1
         assert (await store.stat("p", "/f")).size == 6
@@ -210,9 +216,7 @@ async def test_uploads_keep_the_directory_listing(dfs_user: DfsUser, tmp_path: P
         await store.mkdir("p", "/d", 0o700)
         listings = 0
         for i in range(12):
-            fd = await store.open_file("p", f"/d/f{i}", os.O_WRONLY | os.O_CREAT, 0o600)
-            os.write(fd, b"x" * i)
-            await store.close_file("p", f"/d/f{i}", fd, written=True)
+            await write_file(store, f"/d/f{i}", b"x" * i, 0o600)
             if i == 0:  # the first create lists "/" and "/d"; none may follow
                 listings = store.client.requests["GET /v1/dir/ls"]
             if i % 4 == 3:
@@ -236,14 +240,10 @@ async def test_background_upload_and_drain_on_close(dfs_user: DfsUser, tmp_path:
     store = make_store(dfs_user, tmp_path / "cache", upload_delay=0.1)
     await store.start()
     await store.create_pod("p")
-    fd = await store.open_file("p", "/bg", os.O_WRONLY | os.O_CREAT)
-    os.write(fd, b"background")
-    await store.close_file("p", "/bg", fd, written=True)
+    await write_file(store, "/bg", b"background")
     with trio.fail_after(WAIT):
         await store.wait_uploaded()
-    fd = await store.open_file("p", "/drain", os.O_WRONLY | os.O_CREAT)
-    os.write(fd, b"drained")
-    await store.close_file("p", "/drain", fd, written=True)
+    await write_file(store, "/drain", b"drained")
     await store.aclose()
     assert await remote_bytes(dfs_user, "p", "/bg", tmp_path) == b"background"
     assert await remote_bytes(dfs_user, "p", "/drain", tmp_path) == b"drained"
@@ -274,9 +274,7 @@ async def test_upload_worker_survives_its_own_failures(
     monkeypatch.setattr(store, "_due", flaky_due)
     await store.start()
     await store.create_pod("p")
-    fd = await store.open_file("p", "/after", os.O_WRONLY | os.O_CREAT)
-    os.write(fd, b"still uploaded")
-    await store.close_file("p", "/after", fd, written=True)
+    await write_file(store, "/after", b"still uploaded")
     with trio.fail_after(WAIT):
         await store.wait_uploaded()
     await store.aclose()
@@ -315,9 +313,7 @@ async def test_cache_limit_evicts_clean_copies(dfs_user: DfsUser, tmp_path: Path
         assert store.status()["cache"]["bytes"] <= 150_000
         # Dirty copies are never evicted, however far over the limit.
         for i in range(4):
-            fd = await store.open_file("p", f"/g{i}", os.O_WRONLY | os.O_CREAT)
-            os.write(fd, b"g" * 100_000)
-            await store.close_file("p", f"/g{i}", fd, written=True)
+            await write_file(store, f"/g{i}", b"g" * 100_000)
         assert store.status()["upload_queue"]["files"] == 4
         for i in range(4):
             assert await store.read_bytes("p", f"/f{i}") == bytes([i]) * 100_000
@@ -441,9 +437,7 @@ async def test_aclose_without_waiting_keeps_the_queue(dfs_user: DfsUser, tmp_pat
     store = make_store(dfs_user, tmp_path / "cache", upload_delay=3600)
     await store.start()
     await store.create_pod("p")
-    fd = await store.open_file("p", "/f", os.O_WRONLY | os.O_CREAT)
-    os.write(fd, b"later")
-    await store.close_file("p", "/f", fd, written=True)
+    await write_file(store, "/f", b"later")
     await store.aclose(wait=False)
     again = make_store(dfs_user, tmp_path / "cache")
     await again.start()
