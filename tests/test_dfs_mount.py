@@ -198,6 +198,19 @@ def queue(mount: Mount) -> dict[str, Any]:
     return status
 
 
+def drained(mount: Mount, timeout: float) -> None:
+    wait_until(lambda: queue(mount)["files"] == 0, timeout=timeout)
+
+
+def failing_upload(mount: Mount) -> dict[str, Any]:
+    """The queue once an upload has failed and is waiting for its retry."""
+    waiting: dict[str, Any] = wait_until(
+        lambda: (q := queue(mount))["retries"] >= 1 and q["last_error"] and q,
+        timeout=FAILS_WITHIN,
+    )
+    return waiting
+
+
 def open_for_writing(pod: Path, names: list[str]) -> list[BinaryIO]:
     """Create the files while the server answers; their content comes later."""
     return [open(pod / name, "wb") for name in names]
@@ -212,7 +225,7 @@ def test_frozen_server_keeps_the_cache_and_queues_uploads(
         pod = mount.path / "frozen"
         pod.mkdir()
         (pod / "cached.txt").write_text("read me while the server sleeps")
-        wait_until(lambda: queue(mount)["files"] == 0, timeout=60)
+        drained(mount, timeout=60)
         assert (pod / "cached.txt").read_text() == "read me while the server sleeps"
         contents = {f"q{i}": os.urandom(10_000 + i) for i in range(4)}
         handles = open_for_writing(pod, list(contents))
@@ -226,10 +239,7 @@ def test_frozen_server_keeps_the_cache_and_queues_uploads(
             text = bounded(lambda: (pod / "cached.txt").read_text())
             assert text == "read me while the server sleeps"
             assert bounded(lambda: (pod / "q0").read_bytes()) == contents["q0"]
-            waiting = wait_until(
-                lambda: (q := queue(mount))["retries"] >= 1 and q["last_error"] and q,
-                timeout=FAILS_WITHIN,
-            )
+            waiting = failing_upload(mount)
             assert waiting["files"] == len(contents)
             assert waiting["bytes"] == sum(len(d) for d in contents.values())
             assert waiting["last_error"]
@@ -243,7 +253,7 @@ def test_frozen_server_keeps_the_cache_and_queues_uploads(
         finally:
             dfs_faults.resume()
 
-        wait_until(lambda: queue(mount)["files"] == 0, timeout=120)
+        drained(mount, timeout=120)
         assert queue(mount)["last_error"] is None
         for name, data in contents.items():
             assert server_file(user, "frozen", f"/{name}") == data
@@ -275,17 +285,14 @@ def test_server_restart_logs_in_again_and_uploads_the_queue(
         pod = mount.path / "again"
         pod.mkdir()
         (pod / "before.txt").write_text("uploaded before the restart")
-        wait_until(lambda: queue(mount)["files"] == 0, timeout=60)
+        drained(mount, timeout=60)
         data = os.urandom(50_000)
         (fh,) = open_for_writing(pod, ["after.bin"])
 
         dfs_faults.stop()
         fh.write(data)
         fh.close()
-        waiting = wait_until(
-            lambda: (q := queue(mount))["retries"] >= 1 and q["last_error"] and q,
-            timeout=FAILS_WITHIN,
-        )
+        waiting = failing_upload(mount)
         assert waiting["files"] == 1 and waiting["bytes"] == len(data)
         # The copy is still readable while the server is gone.
         assert bounded(lambda: (pod / "after.bin").read_bytes()) == data
@@ -296,7 +303,7 @@ def test_server_restart_logs_in_again_and_uploads_the_queue(
         bounded(lambda: mount.cli("refresh", "again", check=False))
         wait_until(lambda: "again" not in os.listdir(mount.path), timeout=FAILS_WITHIN)
         bounded(lambda: pod.mkdir())
-        wait_until(lambda: queue(mount)["files"] == 0, timeout=120)
+        drained(mount, timeout=120)
         assert server_file(user, "again", "/after.bin") == data
         assert (pod / "after.bin").read_bytes() == data
         mount.umount()
@@ -360,7 +367,7 @@ def test_kill_9_while_writing_loses_no_fsynced_file(tmp_path: Path, user: DfsUse
         mount.remount()
         names = ack.read_text().split()
         assert {n.split("-")[0] for n in names} == {"r0", "r1", "r2"}
-        wait_until(lambda: queue(mount)["files"] == 0, timeout=120)
+        drained(mount, timeout=120)
         for name in names:
             assert server_file(user, "crashy", f"/{name}") == expected_bytes(name), name
         mount.umount()

@@ -245,17 +245,17 @@ class DfsStore(PodStore):
             return
         self._state = "closing"
         if wait:
+            # _upload skips a copy that became clean or gone meanwhile.
             for entry in self._cache.queued():
-                if entry.dirty and not entry.gone:
-                    try:
-                        await self._upload(entry)
-                    except PodStoreError as exc:
-                        log.error(
-                            "could not upload %s:%s before closing (%s); it stays queued",
-                            entry.pod,
-                            entry.path,
-                            exc,
-                        )
+                try:
+                    await self._upload(entry)
+                except PodStoreError as exc:
+                    log.error(
+                        "could not upload %s:%s before closing (%s); it stays queued",
+                        entry.pod,
+                        entry.path,
+                        exc,
+                    )
         if self._worker_scope is not None:
             self._worker_scope.cancel()
         with trio.move_on_after(10):
@@ -295,8 +295,9 @@ class DfsStore(PodStore):
         known: set[str] = set()
         for pod, path, fid, dirty, mode, rsize, rmtime in rows:
             entry = CachedFile(pod, path, fid, mode, remote_size=rsize, remote_mtime=rmtime)
-            size = self._cache.size_of(entry) if self._cache.local_path(entry).exists() else None
-            if size is None:
+            try:
+                size = self._cache.local_path(entry).stat().st_size
+            except FileNotFoundError:
                 if dirty:
                     log.error(
                         "cached copy of dirty %s:%s is missing; its changes are lost", pod, path
@@ -442,7 +443,7 @@ class DfsStore(PodStore):
     async def _flush(self, pod: str, prefix: str | None = None) -> None:
         """Upload dirty copies of ``pod`` (under directory ``prefix``); caller holds the lock."""
         for entry in self._cache.queued():
-            if entry.pod != pod or not entry.dirty or entry.gone:
+            if entry.pod != pod:
                 continue
             if prefix is None or prefix == "/" or entry.path.startswith(prefix + "/"):
                 await self._upload_locked(entry)
@@ -1064,7 +1065,7 @@ class DfsStore(PodStore):
     async def sync(self, pod: str | None = None) -> None:
         failures: list[PodStoreError] = []
         for entry in self._cache.queued():
-            if entry.dirty and not entry.gone and pod in (None, entry.pod):
+            if pod in (None, entry.pod):
                 try:
                     await self._upload(entry)
                 except PodStoreError as exc:

@@ -31,27 +31,11 @@ from tests.support.mount import MOUNT_TIMEOUT, Mount, force_unmount, make_mount
 TARGETS = ("sovrfs", "plain", "bindfs", "rclone")
 
 
+@dataclass(eq=False)
 class QuietMount(Mount):
     """A test :class:`Mount` whose daemon logs only what a user would see."""
 
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.log_file = self.home / f"daemon-{int(time.time() * 1000)}.log"
-        argv = [sys.executable, "-m", "sovrfs", "mount", str(self.path), "-f"]
-        argv += ["--store", str(self.store_dir), *self.extra_args]
-        with open(self.log_file, "wb") as log_fh:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh,
-                env=self.environment(),
-            )  # fmt: skip
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not (self.path / ".sovr" / "status.json").is_file():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sovrfs exited {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sovrfs did not come up:\n{self.log()}")
-            time.sleep(0.05)
+    debug: bool = False
 
     @property
     def pid(self) -> int:

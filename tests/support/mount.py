@@ -61,6 +61,8 @@ class Mount:
     log_file: Path | None = None
     #: Set when the test itself stops or kills the daemon.
     stopped_on_purpose: bool = False
+    #: Run the daemon with ``--debug`` (every request in its log).
+    debug: bool = True
 
     @property
     def state_dir(self) -> Path:
@@ -90,7 +92,8 @@ class Mount:
         self.log_file = self.home / f"daemon-{int(time.time() * 1000)}.log"
         self.stopped_on_purpose = False
         _started.add(self)
-        argv = [sys.executable, "-m", "sovrfs", "mount", str(self.path), "-f", "--debug"]
+        argv = [sys.executable, "-m", "sovrfs", "mount", str(self.path), "-f"]
+        argv += ["--debug"] * self.debug
         argv += ["--store", str(self.store_dir), *self.extra_args]
         with open(self.log_file, "wb") as log_fh:
             self.proc = subprocess.Popen(
@@ -100,9 +103,9 @@ class Mount:
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while not self._answers():
             if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"mount did not come up:\n{self.log()}")
+                raise RuntimeError(f"mount did not come up:\n{self.log()}")
             time.sleep(0.05)
 
     def _answers(self) -> bool:
